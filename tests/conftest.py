@@ -1,0 +1,29 @@
+"""Small timm ViTs shared by the tests: the paper's token geometry (196 patches) at a tiny width."""
+import pytest
+import torch
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer
+
+GEOMETRY = dict(img_size=56, patch_size=4, embed_dim=48, depth=12, num_heads=3, num_classes=10)
+
+
+def make_vit(kind: str = "cls", seed: int = 0, **overrides) -> torch.nn.Module:
+    """kind: 'cls' (ViT/DeiT), 'distilled' (DeiT with distillation token), 'avg' (no class token,
+    average pooling, like MAE fine-tuning), 'reg' (class + 2 register tokens)."""
+    torch.manual_seed(seed)
+    kw = {**GEOMETRY, **overrides}
+    if kind == "distilled":
+        model = VisionTransformerDistilled(**kw)
+    elif kind == "avg":
+        model = VisionTransformer(class_token=False, global_pool="avg", **kw)
+    elif kind == "reg":
+        model = VisionTransformer(reg_tokens=2, **kw)
+    else:
+        model = VisionTransformer(**kw)
+    return model.eval()
+
+
+@pytest.fixture
+def images():
+    torch.manual_seed(1)
+    return torch.randn(2, 3, GEOMETRY["img_size"], GEOMETRY["img_size"])

@@ -1,0 +1,69 @@
+"""Analytic cost of a (compressed) ViT forward pass, from its shape and the token schedule.
+
+Counted in the convention of the DeiT/ToMe papers (fvcore): one multiply-add is one FLOP, so
+DeiT-B/16 at 224 px is 17.6 GFLOPs. Normalisations, softmax and the activation are left out,
+as fvcore does; the ToMe matching (a similarity matrix between the two token halves) is counted.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .patch import is_patched, method_of, per_layer_r, token_schedule
+
+
+def flops(model: torch.nn.Module, r: int | Sequence[int] = 0, method: str | None = None) -> dict:
+    """GFLOPs of one image at degree r, with the tokens each layer's attention and MLP see.
+
+    `method` defaults to the method the model is patched with (ToMe for an unpatched model).
+    """
+    method = method or method_of(model) or "tome"
+    depth = len(model.blocks)
+    r = per_layer_r(r, depth)
+    blk = model.blocks[0]
+    dim = model.embed_dim
+    hidden = blk.mlp.fc1.out_features
+    head_dim = blk.attn.head_dim
+    prefix = model.num_prefix_tokens
+    n_patch = model.patch_embed.num_patches
+    sched = token_schedule(n_patch, r)
+
+    pe = model.patch_embed.proj
+    total = n_patch * pe.in_channels * pe.kernel_size[0] * pe.kernel_size[1] * dim
+    head = getattr(model, "head", None)
+    if isinstance(head, torch.nn.Linear):
+        total += head.in_features * head.out_features
+
+    attn_tokens, mlp_tokens = [], []
+    fused = 0
+    for layer in range(depth):
+        if method == "idle":
+            n_qkv = prefix + n_patch                      # every token is scored, only some attend
+            n_attn = n_mlp = prefix + sched[layer + 1]
+        else:
+            n_attn = n_qkv = prefix + sched[layer] + fused
+            if method == "evit" and sched[layer + 1] < sched[layer]:
+                fused = 1
+            n_mlp = prefix + sched[layer + 1] + fused
+        layer_flops = (
+            n_qkv * dim * 3 * dim                  # qkv projection
+            + 2 * n_attn * n_attn * dim            # q k^T and attn @ v
+            + n_attn * dim * dim                   # output projection
+            + n_mlp * 2 * dim * hidden             # MLP
+        )
+        if method == "tome" and sched[layer + 1] < sched[layer]:
+            half = sched[layer] // 2
+            layer_flops += half * (sched[layer] - half) * head_dim
+        total += layer_flops
+        attn_tokens.append(n_attn)
+        mlp_tokens.append(n_mlp)
+
+    return {
+        "method": method,
+        "r": r,
+        "gflops": total / 1e9,
+        "attn_tokens": attn_tokens,
+        "mlp_tokens": mlp_tokens,
+        "patched": is_patched(model),
+    }

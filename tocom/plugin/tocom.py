@@ -1,0 +1,187 @@
+"""The Token Compensator: LoRA pairs on W_q and W_v, one group per adjacent degree pair.
+
+Paper Eq. 5-7: P_{i->i+1} is a rank-h LoRA (B_i A_i) on the query and value weights of every
+block. Moving a model fine-tuned at source degree m to target degree n adds
+s * sum_{i=m}^{n-1} B_i A_i when n > m and subtracts it when n < m (the gap is assumed invertible).
+
+Variants used by the ablations (paper Table 5):
+- ``tocom``: R groups, inverted by subtraction (the method).
+- ``shared``: one group used for every adjacent pair, so m -> n applies (n - m) times its product;
+  choose its rank to match ToCom's parameter count (the paper compares equal budgets).
+- ``no_inversion``: 2R groups; groups 0..R-1 move up (i -> i+1), groups R..2R-1 move down
+  (i+1 -> i) and are added, never subtracted.
+
+The parameters are stacked per projection as A: (G, L, h, D) and B: (G, L, D, h) so one einsum
+gives any m -> n delta for all L blocks at once.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import TocomError
+
+VARIANTS = ("tocom", "shared", "no_inversion")
+PROJECTIONS = ("q", "v")
+FORMAT_VERSION = 1
+
+
+class ToCom(nn.Module):
+    def __init__(self, depth: int, dim: int, r_max: int = 16, rank: int = 2, variant: str = "tocom",
+                 backbone: str = "", method: str = "tome"):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise TocomError(f"unknown ToCom variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        if r_max < 1 or rank < 1:
+            raise TocomError(f"ToCom needs r_max >= 1 and rank >= 1, got r_max={r_max}, rank={rank}")
+        self.depth, self.dim, self.r_max, self.rank = depth, dim, r_max, rank
+        self.variant, self.backbone, self.method = variant, backbone, method
+        groups = {"tocom": r_max, "shared": 1, "no_inversion": 2 * r_max}[variant]
+        self.A = nn.ParameterDict()
+        self.B = nn.ParameterDict()
+        for p in PROJECTIONS:
+            a = torch.empty(groups, depth, rank, dim)
+            for g in range(groups):           # LoRA init: A like nn.Linear, B = 0 (no change at start)
+                for layer in range(depth):
+                    nn.init.kaiming_uniform_(a[g, layer], a=math.sqrt(5))
+            self.A[p] = nn.Parameter(a)
+            self.B[p] = nn.Parameter(torch.zeros(groups, depth, dim, rank))
+
+    @classmethod
+    def for_model(cls, model: nn.Module, r_max: int = 16, rank: int = 2, variant: str = "tocom") -> "ToCom":
+        """A fresh plugin shaped for `model` (a timm ViT, patched or not)."""
+        from ..compress import method_of
+
+        return cls(depth=len(model.blocks), dim=model.embed_dim, r_max=r_max, rank=rank, variant=variant,
+                   backbone=backbone_name(model), method=method_of(model) or "tome")
+
+    @property
+    def num_groups(self) -> int:
+        return self.A["q"].shape[0]
+
+    def coefficients(self, source_r: int, target_r: int) -> dict[int, float]:
+        """Which groups m -> n uses and with what sign/multiplicity (Eq. 6 and 7)."""
+        for name, r in (("source_r", source_r), ("target_r", target_r)):
+            if not 0 <= r <= self.r_max:
+                raise TocomError(f"{name}={r} is outside this plugin's degrees 0..{self.r_max}; "
+                                 f"distill a plugin with r_max >= {r}")
+        m, n = source_r, target_r
+        if m == n:
+            return {}
+        if self.variant == "shared":
+            return {0: float(n - m)}
+        if n > m:
+            return {i: 1.0 for i in range(m, n)}
+        if self.variant == "no_inversion":
+            return {self.r_max + i: 1.0 for i in range(n, m)}
+        return {i: -1.0 for i in range(n, m)}
+
+    def delta(self, source_r: int, target_r: int, scale: float) -> dict[str, torch.Tensor]:
+        """Weight deltas per projection, (L, D_out, D_in): s * sum_g c_g B_g A_g."""
+        coef = self.coefficients(source_r, target_r)
+        out = {}
+        for p in PROJECTIONS:
+            a, b = self.A[p], self.B[p]
+            if not coef:
+                out[p] = a.new_zeros(self.depth, self.dim, self.dim)
+                continue
+            idx = torch.tensor(list(coef), device=a.device)
+            c = torch.tensor(list(coef.values()), device=a.device, dtype=a.dtype) * scale
+            out[p] = torch.einsum("g,gldh,glhe->lde", c, b[idx], a[idx])
+        return out
+
+    def factors(self, source_r: int, target_r: int, scale: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+        """Low-rank factors per projection, (L, k*h, D) and (L, D, k*h), with s and signs folded into B.
+
+        The run-time path multiplies activations by these instead of forming the D x D delta, which is
+        what makes training the plugin cheap.
+        """
+        coef = self.coefficients(source_r, target_r)
+        if not coef:
+            return None
+        out = {}
+        for p in PROJECTIONS:
+            a, b = self.A[p], self.B[p]
+            idx = torch.tensor(list(coef), device=a.device)
+            c = torch.tensor(list(coef.values()), device=a.device, dtype=a.dtype) * scale
+            a_cat = a[idx].permute(1, 0, 2, 3).reshape(self.depth, -1, self.dim)
+            b_cat = (b[idx] * c[:, None, None, None]).permute(1, 2, 0, 3).reshape(self.depth, self.dim, -1)
+            out[p] = (a_cat, b_cat)
+        return out
+
+    # ---- persistence -------------------------------------------------------------------------------
+    def metadata(self) -> dict[str, str]:
+        return {"format": "tocom", "format_version": str(FORMAT_VERSION), "backbone": self.backbone,
+                "width": str(self.dim), "depth": str(self.depth), "method": self.method,
+                "r_max": str(self.r_max), "rank": str(self.rank), "variant": self.variant}
+
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        """Write the plugin as safetensors with its shape and provenance in the header (atomically)."""
+        from safetensors.torch import save_file
+
+        meta = self.metadata()
+        if extra:
+            meta["extra"] = json.dumps(extra, sort_keys=True)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tensors = {f"{k}.{p}": getattr(self, k)[p].detach().cpu().contiguous() for k in ("A", "B") for p in PROJECTIONS}
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ToCom":
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise TocomError(f"no ToCom plugin at {path}; run `tocom distill` to make one or fix the path")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own types for a corrupt header
+            raise TocomError(f"{path} is not a readable safetensors file ({e}); re-run `tocom distill`") from None
+        if meta.get("format") != "tocom":
+            raise TocomError(f"{path} is a safetensors file but not a ToCom plugin (no 'format: tocom' metadata)")
+        plugin = cls(depth=int(meta["depth"]), dim=int(meta["width"]), r_max=int(meta["r_max"]),
+                     rank=int(meta["rank"]), variant=meta["variant"], backbone=meta.get("backbone", ""),
+                     method=meta.get("method", "tome"))
+        with torch.no_grad():
+            for k in ("A", "B"):
+                for p in PROJECTIONS:
+                    getattr(plugin, k)[p].copy_(tensors[f"{k}.{p}"])
+        return plugin
+
+    def check_fits(self, model: nn.Module, strict_backbone: bool = True) -> None:
+        """Raise a one-line TocomError saying what differs if this plugin cannot drive `model`."""
+        from ..compress import method_of
+
+        problems = []
+        if len(model.blocks) != self.depth:
+            problems.append(f"depth {self.depth} vs model {len(model.blocks)}")
+        if model.embed_dim != self.dim:
+            problems.append(f"width {self.dim} vs model {model.embed_dim}")
+        name = backbone_name(model)
+        if strict_backbone and self.backbone and name and name != self.backbone:
+            problems.append(f"backbone {self.backbone} vs model {name}")
+        method = method_of(model)
+        if method and method != self.method:
+            problems.append(f"method {self.method} vs model {method}")
+        if problems:
+            raise TocomError(f"ToCom plugin does not fit the model: {'; '.join(problems)}; "
+                             "use a plugin distilled for this backbone and compression method")
+
+    def extra_repr(self) -> str:
+        return (f"backbone={self.backbone!r}, method={self.method}, variant={self.variant}, depth={self.depth}, "
+                f"dim={self.dim}, r_max={self.r_max}, rank={self.rank}")
+
+
+def backbone_name(model: nn.Module) -> str:
+    """The timm architecture name a model was built from ('' if unknown)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    return cfg.get("architecture", "") or ""
