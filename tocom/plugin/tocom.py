@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import TocomError
+from ..io import atomic_path
 
 VARIANTS = ("tocom", "shared", "no_inversion")
 PROJECTIONS = ("q", "v")
@@ -126,12 +127,9 @@ class ToCom(nn.Module):
         meta = self.metadata()
         if extra:
             meta["extra"] = json.dumps(extra, sort_keys=True)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         tensors = {f"{k}.{p}": getattr(self, k)[p].detach().cpu().contiguous() for k in ("A", "B") for p in PROJECTIONS}
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "ToCom":

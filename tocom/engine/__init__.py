@@ -1,0 +1,1 @@
+"""Engines: what each pipeline step runs (bench, pretraining, distillation, fine-tuning, evaluation)."""

@@ -1,0 +1,175 @@
+"""Backbones by timm name, the tiny ViT family for CPU runs, and checkpoint loading.
+
+The paper's backbones are timm models (`deit_base_patch16_224`, `deit_small_patch16_224`,
+`vit_base_patch16_224.mae`, `deit_base_patch16_384`). Their weights come from a local checkpoint
+(the official DeiT/MAE `.pth` files load as they are) or from timm's pretrained tags on a machine
+that is online; nothing here downloads unless `pretrained=True` is asked for explicitly.
+
+The tiny family exists because no pretrained weights are reachable offline: the pipeline
+pretrains one from scratch. `tocom_vit_tiny_patch4_56` mirrors the paper's token geometry
+(14 x 14 = 196 patch tokens + class token, 12 blocks, so r runs 0..16 exactly as for DeiT-B);
+`tocom_vit_tiny_patch8_56` (49 tokens) is the cheap setting where compression barely hurts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer, _create_vision_transformer
+
+from .errors import TocomError
+
+PAPER_BACKBONES = ("deit_base_patch16_224", "deit_small_patch16_224", "vit_base_patch16_224.mae",
+                   "deit_base_patch16_384")
+
+
+# Tiny models are trained by the pipeline at 56 px on inputs normalised to [-1, 1].
+default_cfgs = generate_default_cfgs({
+    name: dict(url="", num_classes=10, input_size=(3, 56, 56), crop_pct=1.0, mean=(0.5, 0.5, 0.5),
+               std=(0.5, 0.5, 0.5), first_conv="patch_embed.proj", classifier="head")
+    for name in ("tocom_vit_tiny_patch4_56.untrained", "tocom_vit_tiny_patch8_56.untrained")
+})
+
+
+def _tiny(variant: str, pretrained: bool, **defaults) -> VisionTransformer:
+    kwargs = defaults.pop("user_kwargs")
+    return _create_vision_transformer(variant, pretrained=pretrained, **{**defaults, **kwargs})
+
+
+@register_model
+def tocom_vit_tiny_patch4_56(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """12 blocks, width 96, 3 heads, 56 px / patch 4 = 196 patches: the paper's geometry, ~0.35 GFLOPs."""
+    return _tiny("tocom_vit_tiny_patch4_56", pretrained, img_size=56, patch_size=4, embed_dim=96,
+                 depth=12, num_heads=3, user_kwargs=kwargs)
+
+
+@register_model
+def tocom_vit_tiny_patch8_56(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """12 blocks, width 96, 3 heads, 56 px / patch 8 = 49 patches: cheap, r runs 0..4."""
+    return _tiny("tocom_vit_tiny_patch8_56", pretrained, img_size=56, patch_size=8, embed_dim=96,
+                 depth=12, num_heads=3, user_kwargs=kwargs)
+
+
+def backbone_names() -> list[str]:
+    return list(PAPER_BACKBONES) + ["tocom_vit_tiny_patch4_56", "tocom_vit_tiny_patch8_56"]
+
+
+def create_backbone(name: str, num_classes: int | None = None, checkpoint: str | Path | None = None,
+                    pretrained: bool = False, **kwargs) -> torch.nn.Module:
+    """A timm ViT by name; weights from `checkpoint` (safetensors or .pth) or timm's hub if `pretrained`.
+
+    `num_classes` replaces the head (0 removes it); a checkpoint's own head is kept when the class
+    counts agree and dropped (with the new head freshly initialised) when they do not.
+    """
+    base = name.split(".")[0]
+    if not timm.is_model(base):
+        raise TocomError(f"unknown backbone {name!r}; use a timm ViT name such as {', '.join(backbone_names())}")
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except RuntimeError as e:
+        if pretrained:
+            raise TocomError(f"could not fetch pretrained weights for {name} ({e}); pass a local checkpoint "
+                             "path instead (the official DeiT/MAE .pth files load as they are)") from None
+        raise
+    if checkpoint:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from our safetensors files or third-party .pth files (loaded with weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TocomError(f"no checkpoint at {path}; fix the path or produce it with the pipeline's earlier step")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TocomError(f"{path} is not a loadable checkpoint ({type(e).__name__}: {e})") from None
+    for key in ("model", "state_dict", "module"):        # DeiT and MAE releases nest the weights
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise TocomError(f"{path} holds no state dict")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
+    """Load weights into `model`, dropping a classifier head whose shape differs (a new task)."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    for key in [k for k in state if k.startswith(("head.", "head_dist.", "fc_norm.")) and k in own]:
+        if state[key].shape != own[key].shape:
+            del state[key]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("head.", "head_dist.", "fc_norm."))]
+    if missing or unexpected:
+        raise TocomError(f"checkpoint {path} does not fit {type(model).__name__}: "
+                         f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                         f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+
+
+# ---- our own checkpoints: weights + the recipe to rebuild the model -------------------------------
+def save_model(model: torch.nn.Module, path: str | Path, meta: dict) -> None:
+    """Safetensors with a `tocom` header (backbone, num_classes, adapters, provenance) for `load_model`."""
+    import json
+
+    from .io import atomic_path
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"tocom": json.dumps(meta, sort_keys=True)})
+
+
+def read_meta(path: str | Path) -> dict:
+    import json
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise TocomError(f"no model checkpoint at {path}; run the step that produces it or fix the path")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = (f.metadata() or {}).get("tocom")
+    except Exception as e:
+        raise TocomError(f"{path} is not a readable safetensors file ({e})") from None
+    if meta is None:
+        raise TocomError(f"{path} has no tocom header; it was not written by tocom (pass third-party .pth "
+                         "files as --checkpoint together with --backbone)")
+    return json.loads(meta)
+
+
+def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model saved by `save_model` (with its adapters) and load its weights."""
+    from .adapters import add_adapters
+
+    meta = read_meta(path)
+    model = create_backbone(meta["backbone"], num_classes=meta["num_classes"], **meta.get("model_kwargs", {}))
+    if meta.get("adapter"):
+        add_adapters(model, **meta["adapter"])
+    model.load_state_dict(read_state_dict(path))
+    return model, meta
+
+
+def resolve_model(backbone: str | None, checkpoint: str | None, pretrained: bool = False,
+                  num_classes: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """Any way a user names a starting model: our checkpoint, a third-party file + name, or a timm tag."""
+    if checkpoint and Path(checkpoint).suffix == ".safetensors" and not backbone:
+        model, meta = load_model(checkpoint)
+        if num_classes is not None and num_classes != meta["num_classes"]:
+            model.reset_classifier(num_classes)
+            meta = {**meta, "num_classes": num_classes}
+        return model, meta
+    if not backbone:
+        raise TocomError("name the backbone (--backbone, a timm name) or pass a tocom .safetensors checkpoint")
+    model = create_backbone(backbone, num_classes=num_classes, checkpoint=checkpoint, pretrained=pretrained)
+    return model, {"backbone": backbone, "num_classes": model.num_classes}
