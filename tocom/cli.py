@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "seed"):     # before any model is built: fresh heads and inits are seeded too
+            from .engine.common import seed_everything
+
+            seed_everything(args.seed)
         args.func(args)
     except TocomError as e:
         print(f"tocom {args.command}: error: {e}", file=sys.stderr)

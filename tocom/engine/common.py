@@ -15,6 +15,7 @@ import math
 import os
 import random
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -140,8 +141,8 @@ def fit(job: Fit, train_loader: DataLoader, out: str | Path, rt: Runtime, seed: 
         st = torch.load(resume / "state.pt", map_location="cpu", weights_only=True)
         opt.load_state_dict(st["optimizer"])
         start = int(st["epoch"])
-        if rt.main and progress:
-            print(f"[tocom] resuming {out.name} after epoch {start}/{job.epochs}", flush=True)
+        if rt.main:
+            print(f"[tocom] resuming {out.name} after epoch {start}/{job.epochs}", file=sys.stderr, flush=True)
 
     net = job.module
     if rt.distributed:

@@ -1,0 +1,199 @@
+"""Engines end to end on procedural data, kill-and-resume, and DDP on two CPU processes.
+
+The chain (pretrain a tiny backbone -> distill ToCom -> fine-tune at r = 0 -> evaluate several
+target r with and without ToCom) runs once per session through the public functions; the other
+tests check what it produced. Everything runs on the CPU in well under two minutes.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import tocom
+from tocom.data import build_dataset
+from tocom.engine.distill import distill
+from tocom.engine.evaluate import cross_evaluate, task_arithmetic
+from tocom.engine.finetune import train_classifier
+from tocom.models import create_backbone, load_model
+from tocom.plugin import ToCom
+
+BACKBONE = "tocom_vit_tiny_patch8_56"       # 49 patch tokens, r = 0..4
+TINY = dict(embed_dim=48, num_heads=3)       # narrower than the registered model: faster tests
+CLI = [sys.executable, "-m", "tocom.cli"]
+
+
+def data(name, split, limit, seed=0):
+    return build_dataset(name, split=split, img_size=56, seed=seed, limit=limit)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chain")
+    torch.manual_seed(0)
+    backbone = create_backbone(BACKBONE, num_classes=data("synth/pretrain", "train", 8).num_classes, **TINY)
+    meta = {"backbone": BACKBONE, "dataset": "synth/pretrain", "model_kwargs": TINY}
+    train_classifier(backbone, data("synth/pretrain", "train", 512), root / "backbone.safetensors", meta,
+                     epochs=3, batch_size=64, lr=2e-3, label_smoothing=0.0, progress=False)
+    model, _ = load_model(root / "backbone.safetensors")
+    plugin = distill(model, data("synth/pretrain", "train", 256), root / "plugin.safetensors", r_max=4,
+                     epochs=4, batch_size=32, lr=1e-2, scale=1.0, progress=False)
+    start, _ = load_model(root / "backbone.safetensors")
+    start.reset_classifier(8)
+    train_classifier(start, data("synth/count", "trainval", 256), root / "ft_r0.safetensors",
+                     {**meta, "dataset": "synth/count"}, r=0, mode="adaptformer", epochs=2, batch_size=32,
+                     lr=1e-3, progress=False)
+    ft, ft_meta = load_model(root / "ft_r0.safetensors")
+    splits = {"val": data("synth/count", "val", 64), "test": data("synth/count", "test", 64)}
+    df = cross_evaluate(ft, ft_meta, splits, [0, 2, 4], ToCom.load(root / "plugin.safetensors"),
+                        scales=(0.5, 1.0), progress=False, out=root / "eval.csv")
+    return root, plugin, df
+
+
+def _kl_gap(model, plugin, images, pairs, use_plugin):
+    total = 0.0
+    with torch.no_grad():
+        for m, n in pairs:
+            tocom.set_r(model, m)
+            teacher = model(images)
+            with tocom.compensate(model, plugin, m, n, scale=0.1 if use_plugin else 0.0):
+                student = model(images)
+            total += F.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True,
+                              reduction="batchmean").item()
+    return total / len(pairs)
+
+
+def test_distillation_closes_the_gap_between_degrees(tmp_path):
+    """The trained plugin makes the model at n behave like the model at m, on the distillation
+    images and on unseen ones, for up and down moves alike.
+
+    A random tiny ViT with a sharpened head stands in for a pretrained one: what matters is that
+    its predictions change with r, so there is a gap to learn."""
+    torch.manual_seed(0)
+    model = create_backbone(BACKBONE, num_classes=10, **TINY)
+    with torch.no_grad():
+        model.head.weight.mul_(40)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    train = data("synth/pretrain", "train", 512)
+    plugin = distill(model, train, tmp_path / "p.safetensors", r_max=4, epochs=12, batch_size=64, lr=2e-3,
+                     progress=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in reference.items())   # backbone frozen
+    pairs = [(m, n) for m in range(5) for n in range(5) if m != n]
+    for split, factor in (("train", 0.8), ("test", 0.8)):
+        ds = train if split == "train" else data("synth/pretrain", "test", 64)
+        images = torch.stack([ds[i][0] for i in range(64)])
+        without, with_plugin = _kl_gap(model, plugin, images, pairs, False), _kl_gap(model, plugin, images, pairs, True)
+        assert without > 1e-3
+        assert with_plugin < factor * without, (split, with_plugin, without)
+
+
+def test_evaluation_table_is_tidy_and_picks_s_on_val(chain):
+    root, _, df = chain
+    assert list(df.columns) == ["dataset", "backbone", "method", "source_r", "target_r", "tocom", "variant", "s",
+                                "split", "seed", "top1", "n", "selected"]
+    assert pd.read_csv(root / "eval.csv").shape == df.shape
+    plain = df[df.tocom == 0]
+    assert sorted(plain.target_r.unique()) == [0, 2, 4] and set(plain.split) == {"val", "test"}
+    assert (df.n == 64).all() and df.top1.between(0, 100).all()
+    for target in (2, 4):
+        val = df[(df.tocom == 1) & (df.target_r == target) & (df.split == "val")]
+        assert sorted(val.s) == [0.5, 1.0]
+        best = val.sort_values(["top1", "s"], ascending=[False, True]).iloc[0]
+        assert val[val.selected].s.tolist() == [best.s]
+        test = df[(df.tocom == 1) & (df.target_r == target) & (df.split == "test")]
+        assert test.s.tolist() == [best.s] and test.selected.all()
+    assert df[(df.tocom == 1) & (df.target_r == 0)].empty     # source == target needs no plugin
+
+
+def test_fine_tuned_checkpoint_records_its_recipe(chain):
+    root, _, _ = chain
+    model, meta = load_model(root / "ft_r0.safetensors")
+    assert (meta["source_r"], meta["mode"], meta["num_classes"], meta["dataset"]) == (0, "adaptformer", 8, "synth/count")
+    backbone, _ = load_model(root / "backbone.safetensors")
+    # PET: the backbone's weights did not move, the adapters did
+    assert torch.equal(model.blocks[3].attn.qkv.weight, backbone.blocks[3].attn.qkv.weight)
+    assert model.blocks[3].mlp.adapter.up.weight.abs().sum() > 0
+    assert not (root / "ft_r0.safetensors.resume").exists()     # resume state is dropped when done
+
+
+def test_task_arithmetic_moves_the_backbone_and_keeps_b_head():
+    a16 = {"blocks.0.w": torch.tensor([3.0]), "head.weight": torch.ones(5, 2)}
+    a0 = {"blocks.0.w": torch.tensor([1.0]), "head.weight": torch.zeros(5, 2)}
+    b0 = {"blocks.0.w": torch.tensor([10.0]), "head.weight": torch.full((7, 2), 4.0)}
+    out = task_arithmetic(a16, a0, b0)
+    assert out["blocks.0.w"].item() == 12.0 and torch.equal(out["head.weight"], b0["head.weight"])
+
+
+def _run(args, **kw):
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, **kw)
+
+
+def _pretrain_args(out, epochs=4):
+    return ["pretrain-backbone", "--backbone", BACKBONE, "--dataset", "synth/shapes", "--limit", "256",
+            "--epochs", str(epochs), "--batch-size", "32", "--out", str(out), "--quiet"]
+
+
+def test_kill_and_resume_ends_with_the_same_weights(tmp_path):
+    straight, resumed = tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors"
+    assert _run(_pretrain_args(straight)).returncode == 0
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(CLI + _pretrain_args(resumed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = resumed.with_name(resumed.name + ".resume") / "state.pt"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists() and not resumed.exists()       # killed mid-run: no final output
+    done = _run(_pretrain_args(resumed))
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stdout + done.stderr
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
+    """Gloo DDP over 2 ranks, each half the batch: the same plugin as one process on the full batch."""
+    bb = tmp_path / "bb.safetensors"
+    assert _run(_pretrain_args(bb, epochs=1)).returncode == 0
+    common = ["distill", "--checkpoint", str(bb), "--dataset", "synth/pretrain", "--limit", "32", "--r-max", "4",
+              "--epochs", "2", "--batch-size", "32", "--lr", "1e-2", "--quiet"]
+    single = _run(common + ["--out", str(tmp_path / "one.safetensors")])
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "tocom.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(torchrun + common + ["--out", str(tmp_path / "two.safetensors")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "two.safetensors"))
+    assert any(v.abs().sum() > 0 for k, v in one.items() if k.startswith("B."))
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-5), k
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    cases = [
+        (["finetune", "--backbone", "no_such_vit", "--dataset", "synth/count", "--out", str(tmp_path / "x")], "unknown backbone"),
+        (["finetune", "--backbone", BACKBONE, "--dataset", "nope", "--out", str(tmp_path / "x")], "nope"),
+        (["finetune", "--backbone", BACKBONE, "--dataset", "synth/count", "--r", "9", "--out", str(tmp_path / "x")],
+         "max r = 4"),
+        (["evaluate", "--checkpoint", str(tmp_path / "missing.safetensors"), "--targets", "0", "--out", str(tmp_path / "e.csv")],
+         "no model checkpoint at"),
+        (["distill", "--backbone", BACKBONE, "--dataset", "cifar100", "--data-root", str(tmp_path), "--out",
+          str(tmp_path / "p")], str(tmp_path)),
+    ]
+    for args, needle in cases:
+        res = _run(args)
+        assert res.returncode == 2, (args, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], res.stderr
+        assert "Traceback" not in res.stderr
