@@ -52,7 +52,7 @@ def chain(tmp_path_factory):
                      lr=1e-3, progress=False)
     ft, ft_meta = load_model(root / "ft_r0.safetensors")
     splits = {"val": data("synth/count", "val", 64), "test": data("synth/count", "test", 64)}
-    df = cross_evaluate(ft, ft_meta, splits, [0, 2, 4], ToCom.load(root / "plugin.safetensors"),
+    df = cross_evaluate(ft, ft_meta, splits, [0, 2, 4], {"tocom": ToCom.load(root / "plugin.safetensors")},
                         scales=(0.5, 1.0), progress=False, out=root / "eval.csv")
     return root, plugin, df
 

@@ -143,3 +143,27 @@ def test_profile_slurm_runs_every_job_through_sbatch(tmp_path):
     assert "Nothing to be done" in log2, f"second run was not a no-op:\n{log2[-3000:]}"
     assert "Submitted job" not in log2 and "sbatch" not in log2
     assert before == {name: (tmp_path / name).stat().st_mtime_ns for name in OUTPUTS}
+
+
+def test_smoke_pipeline_through_the_slurm_profile(tmp_path):
+    """The real DAG (config/smoke.yaml) via `snakemake --profile slurm`: every job is an sbatch job
+    that SLURM reports COMPLETED, and the results are the same tables the local run makes."""
+    _require_cluster()
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "slurm", "--configfile", "config/smoke.yaml",
+           "--directory", str(tmp_path), "--slurm-init-seconds-before-status-checks", "8",
+           "--seconds-between-status-checks", "8", "--latency-wait", "5"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=1200)
+    log = proc.stdout + proc.stderr
+    (tmp_path / "snakemake.log").write_text(log)
+    assert proc.returncode == 0, f"snakemake failed:\n{log[-6000:]}"
+    job_ids = re.findall(r"submitted with SLURM jobid (\d+)", log)
+    local = len(re.findall(r"^localrule \w+:", log, re.M))
+    total = int(re.search(r"^total\s+(\d+)$", log, re.M).group(1))
+    assert len(job_ids) == total - local and len(set(job_ids)) == len(job_ids), (len(job_ids), total, local)
+    states = subprocess.run(["squeue", "-h", "--states=all", "-j", ",".join(job_ids), "-o", "%i|%T"],
+                            capture_output=True, text=True, env=_env(), timeout=30)
+    seen = dict(line.split("|", 1) for line in states.stdout.split() if "|" in line)
+    assert seen and all(state == "COMPLETED" for state in seen.values()), seen
+    from test_workflow import check_smoke_results
+
+    check_smoke_results(tmp_path / "results/smoke")

@@ -229,11 +229,12 @@ def _configure_evaluate(p):
     p.add_argument("--data-root", default=None)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--targets", nargs="+", type=int, required=True, metavar="R", help="target degrees")
-    p.add_argument("--plugin", default=None, help="ToCom plugin (.safetensors); omit for plain evaluation only")
+    p.add_argument("--plugin", nargs="+", default=[], metavar="[LABEL=]PATH",
+                   help="ToCom plugins (.safetensors), optionally labelled (e.g. shared=plugins/shared.safetensors); "
+                        "the label fills the `variant` column (default: the plugin's variant)")
     p.add_argument("--scales", nargs="+", type=float, default=None, help="inference scales s (default: the paper's grid)")
     p.add_argument("--splits", nargs="+", default=["val", "test"])
     p.add_argument("--select-split", default="val", help="split that picks s ('none' to keep every s on every split)")
-    p.add_argument("--variant", default=None, help="label for the plugin rows (e.g. h4, s1); default: the plugin's variant")
     p.add_argument("--batch-size", type=int, default=256)
     _run_args(p)
     p.add_argument("--out", required=True, help="tidy CSV to write")
@@ -247,11 +248,20 @@ def _evaluate(args):
 
     model, meta = load_model(args.checkpoint)
     args.dataset = args.dataset or meta.get("dataset")
-    plugin = ToCom.load(args.plugin) if args.plugin else None
+    plugins = {}
+    for spec in args.plugin:
+        label, sep, path = spec.partition("=")
+        if not sep or "/" in label:          # no label given: the whole spec is the path
+            label, path = "", spec
+        plugin = ToCom.load(path)
+        label = label or plugin.variant
+        if label in plugins:
+            raise TocomError(f"two plugins are labelled {label!r}; label them (LABEL=PATH) to tell them apart")
+        plugins[label] = plugin
     splits = {s: _dataset(args, model, split=s) for s in args.splits}
     select = None if args.select_split == "none" else args.select_split
     meta = {**meta, "dataset": args.dataset}
-    cross_evaluate(model, meta, splits, args.targets, plugin, tuple(args.scales or SCALES), select, args.variant,
+    cross_evaluate(model, meta, splits, args.targets, plugins, args.scales or SCALES, select,
                    args.batch_size, args.seed, args.device, not args.quiet, args.out)
 
 

@@ -8,7 +8,8 @@ that is online; nothing here downloads unless `pretrained=True` is asked for exp
 The tiny family exists because no pretrained weights are reachable offline: the pipeline
 pretrains one from scratch. `tocom_vit_tiny_patch4_56` mirrors the paper's token geometry
 (14 x 14 = 196 patch tokens + class token, 12 blocks, so r runs 0..16 exactly as for DeiT-B);
-`tocom_vit_tiny_patch8_56` (49 tokens) is the cheap setting where compression barely hurts.
+`tocom_vit_micro_patch4_56` is the same geometry at width 64 (the CPU default), and
+`tocom_vit_tiny_patch8_56` (49 tokens) is the cheap setting where compression barely hurts (smoke runs).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ PAPER_BACKBONES = ("deit_base_patch16_224", "deit_small_patch16_224", "vit_base_
 default_cfgs = generate_default_cfgs({
     name: dict(url="", num_classes=10, input_size=(3, 56, 56), crop_pct=1.0, mean=(0.5, 0.5, 0.5),
                std=(0.5, 0.5, 0.5), first_conv="patch_embed.proj", classifier="head")
-    for name in ("tocom_vit_tiny_patch4_56.untrained", "tocom_vit_tiny_patch8_56.untrained")
+    for name in ("tocom_vit_tiny_patch4_56.untrained", "tocom_vit_tiny_patch8_56.untrained",
+                 "tocom_vit_micro_patch4_56.untrained")
 })
 
 
@@ -52,8 +54,15 @@ def tocom_vit_tiny_patch8_56(pretrained: bool = False, **kwargs) -> VisionTransf
                  depth=12, num_heads=3, user_kwargs=kwargs)
 
 
+@register_model
+def tocom_vit_micro_patch4_56(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """12 blocks, width 64, 2 heads, 196 patches: the paper's geometry at half the tiny cost (CPU default)."""
+    return _tiny("tocom_vit_micro_patch4_56", pretrained, img_size=56, patch_size=4, embed_dim=64,
+                 depth=12, num_heads=2, user_kwargs=kwargs)
+
+
 def backbone_names() -> list[str]:
-    return list(PAPER_BACKBONES) + ["tocom_vit_tiny_patch4_56", "tocom_vit_tiny_patch8_56"]
+    return list(PAPER_BACKBONES) + ["tocom_vit_tiny_patch4_56", "tocom_vit_micro_patch4_56", "tocom_vit_tiny_patch8_56"]
 
 
 def create_backbone(name: str, num_classes: int | None = None, checkpoint: str | Path | None = None,

@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from ..errors import TocomError
 from ..io import atomic_path, write_json
 
 
@@ -159,7 +161,8 @@ def fit(job: Fit, train_loader: DataLoader, out: str | Path, rt: Runtime, seed: 
         torch.manual_seed(seed * 1000 + epoch + 1)
         job.module.train()
         bar = tqdm(train_loader, desc=f"{job.desc} {epoch + 1}/{job.epochs}", disable=not (progress and rt.main),
-                   leave=False, dynamic_ncols=True)
+                   leave=False, dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
+        started, losses = time.time(), []
         for images, labels in bar:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
@@ -167,15 +170,18 @@ def fit(job: Fit, train_loader: DataLoader, out: str | Path, rt: Runtime, seed: 
             with rt.autocast():
                 loss = net(images, labels)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{job.desc}: loss became {loss.item()} at step {step}; lower the learning rate")
+                raise TocomError(f"{job.desc}: loss became {loss.item()} at step {step}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if job.clip_grad:
                 torch.nn.utils.clip_grad_norm_(params.values(), job.clip_grad)
             opt.step()
             step += 1
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_at(step - 1):.2e}")
-        if rt.main:
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr_at(step - 1):.2e}")
+        if rt.main:   # one line per epoch, so logs of --quiet runs still tell how training went
+            print(f"[tocom] {job.desc} epoch {epoch + 1}/{job.epochs}: loss {sum(losses) / max(1, len(losses)):.4f}, "
+                  f"lr {lr_at(step - 1):.2e}, {time.time() - started:.0f}s", file=sys.stderr, flush=True)
             resume.mkdir(parents=True, exist_ok=True)
             save_weights(dict(params), resume / "trainable.safetensors")
             with atomic_path(resume / "state.pt") as tmp:

@@ -26,64 +26,64 @@ COLUMNS = ["dataset", "backbone", "method", "source_r", "target_r", "tocom", "va
            "top1", "n", "selected"]
 
 
-def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence[int], plugin: ToCom | None = None,
-                   scales: Sequence[float] = SCALES, select_split: str | None = "val", variant: str | None = None,
-                   batch_size: int = 256, seed: int = 0, device: str | None = None, progress: bool = True,
-                   out: str | Path | None = None) -> pd.DataFrame:
-    """Top-1 of `model` (fine-tuned at meta['source_r']) at each target r, plain and with `plugin`.
+def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence[int],
+                   plugins: dict[str, ToCom] | None = None, scales: Sequence[float] = SCALES,
+                   select_split: str | None = "val", batch_size: int = 256, seed: int = 0,
+                   device: str | None = None, progress: bool = True, out: str | Path | None = None) -> pd.DataFrame:
+    """Top-1 of `model` (fine-tuned at meta['source_r']) at each target r, plain and with each plugin.
 
-    splits: {"val": dataset, "test": dataset, ...}. With a selection split, every s is evaluated on it
-    and only the best s (ties: the smaller) on the other splits; without one, every s on every split.
+    splits: {"val": dataset, "test": dataset, ...}; plugins: {label: plugin} (the label fills the
+    `variant` column, e.g. "tocom", "shared", "h4"). With a selection split every s is evaluated on
+    it and only the best s (ties: the smaller) on the other splits; without one, every s everywhere.
     """
     method, source = meta.get("method") or method_of(model) or "tome", int(meta.get("source_r", 0))
     patch(model, method)
     too_big = [t for t in targets if t > max_r(model)]
     if too_big:
         raise TocomError(f"target r {too_big} exceeds what the backbone carries (max r = {max_r(model)})")
+    scales = tuple(scales)
     rt = runtime(device, amp=True)
     model.to(rt.device).eval()
-    if plugin is not None:
-        plugin.to(rt.device)
     loaders = {name: loader(ds, batch_size, rt, train=False, seed=seed) for name, ds in splits.items()}
     if select_split is not None and select_split not in loaders:
         raise TocomError(f"selection split {select_split!r} is not among the evaluated splits {list(loaders)}")
     base = dict(dataset=meta.get("dataset", ""), backbone=meta.get("backbone", ""), method=method,
                 source_r=source, seed=seed)
-    label = variant or (plugin.variant if plugin is not None else "")
     rows = []
 
-    def run(split, target, tocom, s=None, selected=False):
-        top1, n = accuracy(model, loaders[split], rt, progress, desc=f"{split} r={target} s={s}")
-        rows.append({**base, "target_r": target, "tocom": int(tocom), "variant": label if tocom else "",
-                     "s": s, "split": split, "top1": top1, "n": n, "selected": selected})
+    def run(split, target, variant="", s=None, selected=False):
+        top1, n = accuracy(model, loaders[split], rt, progress, desc=f"{split} r={target} {variant} s={s}")
+        rows.append({**base, "target_r": target, "tocom": int(bool(variant)), "variant": variant, "s": s,
+                     "split": split, "top1": top1, "n": n, "selected": selected})
         return top1
 
     for target in targets:
         set_r(model, target)
         for split in loaders:
-            run(split, target, False)
-    if plugin is not None:
+            run(split, target)
+    for label, plugin in (plugins or {}).items():
+        plugin.to(rt.device)
         comp = compensate(model, plugin, source, source, scale=scales[0], merge=True)
         try:
             for target in targets:
-                if target == source:
+                if target == source:          # source == target needs no compensation
                     continue
                 if select_split is None:
                     for s in scales:
                         comp.switch(target, s)
                         for split in loaders:
-                            run(split, target, True, s)
+                            run(split, target, label, s)
                     continue
                 scores = {}
                 for s in scales:
                     comp.switch(target, s)
-                    scores[s] = run(select_split, target, True, s)
+                    scores[s] = run(select_split, target, label, s)
                 best = max(scales, key=lambda s: (scores[s], -s))
                 rows[-len(scales) + scales.index(best)]["selected"] = True
                 comp.switch(target, best)
                 for split in loaders:
                     if split != select_split:
-                        run(split, target, True, best, selected=True)
+                        run(split, target, label, best, selected=True)
         finally:
             comp.remove()
     df = pd.DataFrame(rows, columns=COLUMNS)

@@ -1,0 +1,195 @@
+"""The Snakemake workflow: config checks, the paper DAG, the smoke pipeline, and reliability
+(killed training job, killed snakemake, failing job, rerun of a finished pipeline)."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(*args, cwd=REPO, timeout=900, **kw):
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    return subprocess.run(SNAKEMAKE + list(args), cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def smoke_config(**changes) -> dict:
+    config = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
+    config.update(changes)
+    return config
+
+
+def write(config: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def mini_config(name: str, epochs: int = 1) -> dict:
+    """Pretrain -> distill -> fine-tune -> evaluate on one dataset: the reliability tests' DAG."""
+    config = smoke_config(name=name, transfer=[], bench=[])
+    config["studies"] = [{"name": "tome", "backbone": "tiny", "method": "tome",
+                          "sets": [{"datasets": ["synth/count"], "recipe": "vtab", "sources": [0],
+                                    "targets": [0, 2], "variants": ["tocom"]}]}]
+    config["recipes"]["vtab"].update(epochs=epochs, limit=256, batch_size=16)
+    return config
+
+
+def outputs_are_whole(results: Path) -> None:
+    """Every safetensors and CSV under `results` loads; no temporary files are left behind."""
+    for f in results.rglob("*.safetensors"):
+        if ".resume" not in f.parts[-2]:
+            load_file(str(f))
+    for f in results.rglob("*.csv"):
+        pd.read_csv(f)
+    assert not [p for p in results.rglob("*.tmp")], "temporary files left behind"
+
+
+# ---- configs and the paper DAG ----------------------------------------------------------------------
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(scalez=[0.1]), "'scalez' was unexpected"),
+    (lambda c: c["studies"][0]["sets"][0].update(targets=[0, 9]), "r [9] exceeds what tiny carries (max r = 4"),
+    (lambda c: (c.update(data_roots={"fashion_mnist": "/nowhere/fmnist"}),
+                c["studies"][0]["sets"][0].update(datasets=["fashion_mnist"])), "/nowhere/fmnist"),
+    (lambda c: c["distill"].update(r_max=2), "need a plugin with r_max >= 4"),
+    (lambda c: c["backbones"]["tiny"].update(checkpoint="/nowhere/deit.pth"), "give exactly one of pretrain"),
+    (lambda c: c["studies"][0].update(backbone="vit_huge"), "backbone 'vit_huge' is not defined"),
+    (lambda c: c["studies"][0]["sets"][0].update(datasets=["cifar1000"]), "unknown dataset 'cifar1000'"),
+])
+def test_bad_config_stops_before_any_job_with_one_line(tmp_path, change, message):
+    config = smoke_config()
+    change(config)
+    res = snakemake("-n", "--configfile", str(write(config, tmp_path / "c.yaml")))
+    assert res.returncode != 0
+    lines = [l for l in (res.stdout + res.stderr).splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("config error: "), lines
+    assert "Traceback" not in lines[0] and "rule " not in res.stdout
+    if message:
+        assert message in lines[0]
+
+
+def test_missing_data_root_and_checkpoint_are_named(tmp_path):
+    config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    res = snakemake("-n", "--configfile", str(write({**config, "data_root": str(tmp_path / "none")}, tmp_path / "p.yaml")))
+    assert res.returncode != 0 and str(tmp_path / "none") in res.stderr + res.stdout
+    config["backbones"]["deit_b"] = {"timm": "deit_base_patch16_224", "checkpoint": str(tmp_path / "deit.pth")}
+    res = snakemake("-n", "--configfile", str(write(config, tmp_path / "p2.yaml")), "--config", f"data_root={tmp_path}")
+    assert "no checkpoint at" in res.stdout + res.stderr and str(tmp_path / "deit.pth") in res.stdout + res.stderr
+
+
+@pytest.fixture
+def paper_data_root(tmp_path):
+    for d in ("imagenet", "cifar100", "cub200", "stanford_cars", "stanford_dogs", "oxford_flowers102", "vtab-1k"):
+        (tmp_path / "data" / d).mkdir(parents=True)
+    return tmp_path / "data"
+
+
+def test_paper_dag_dry_run(paper_data_root):
+    started = time.time()
+    res = snakemake("-n", "--configfile", "config/paper.yaml", "--config", f"data_root={paper_data_root}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", res.stdout, re.M))
+    # 13 plugins: 9 ToMe variants on DeiT-B, EViT, IdleViT, DeiT-S, MAE
+    assert counts["distill"] == "13" and counts["transfer"] == "4" and counts["bench"] == "2"
+    # CIFAR+FGVC: 5 x 8 sources (ToMe) + 5 (EViT) + 5 (IdleViT); VTAB-1k: 19 x (4 ToMe + 2 x 4 others)
+    assert counts["finetune"] == str(5 * 8 + 5 + 5 + 19 * (4 + 2 * 4)) == counts["evaluate"]
+    print(f"paper dry run: {time.time() - started:.1f} s")
+
+
+# ---- the smoke pipeline ---------------------------------------------------------------------------
+def check_smoke_results(results: Path) -> None:
+    tables = results / "tables"
+    evals = pd.read_csv(tables / "eval.csv")
+    assert set(evals.method) == {"tome", "evit", "idle"}
+    assert {"tocom", "shared", "cls", "no_inversion", "h1", "h4", "h8", "s1", "s0.01"} <= set(evals.variant.dropna())
+    assert len(pd.read_csv(tables / "transfer.csv")) == 2
+    assert set(pd.read_csv(tables / "bench.csv")["mode"]) == {"infer", "train"}
+    assert "Mean test top-1" in (tables / "summary.md").read_text()
+    outputs_are_whole(results)
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_local_profile_and_rerun_does_nothing(tmp_path):
+    res = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--directory", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    check_smoke_results(tmp_path / "results/smoke")
+    again = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--directory", str(tmp_path))
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+# ---- reliability --------------------------------------------------------------------------------------
+def _wait_for(predicate, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _training_pids(pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_training_job_then_rerun_completes(tmp_path):
+    cfg = write(mini_config("killjob", epochs=4), tmp_path / "c.yaml")
+    run = SNAKEMAKE + ["--cores", "2", "--configfile", str(cfg), "--directory", str(tmp_path)]
+    proc = subprocess.Popen(run, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = tmp_path / "results/killjob"
+    resume = results / "finetune/tiny/tome/synth__count/r0_seed0.safetensors.resume/state.pt"
+    assert _wait_for(resume.exists), "fine-tuning never wrote its first epoch"
+    for pid in _training_pids("tocom.cli finetune"):
+        os.kill(pid, signal.SIGKILL)
+    assert proc.wait(timeout=300) != 0                          # snakemake saw the job die
+    assert not (results / "finetune/tiny/tome/synth__count/r0_seed0.safetensors").exists()
+    res = subprocess.run(run, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (results / "logs/finetune/tiny_tome_synth__count_r0_seed0.log").read_text()
+    assert "resuming" in log                                   # picked up where the killed job stopped
+    assert pd.read_csv(results / "tables/eval.csv").shape[0] > 0
+    outputs_are_whole(results)
+
+
+@pytest.mark.slow
+def test_sigkill_of_snakemake_then_rerun_completes(tmp_path):
+    cfg = write(mini_config("killsm", epochs=3), tmp_path / "c.yaml")
+    run = SNAKEMAKE + ["--cores", "2", "--configfile", str(cfg), "--directory", str(tmp_path)]
+    proc = subprocess.Popen(run, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    results = tmp_path / "results/killsm"
+    assert _wait_for(lambda: (results / "backbones/tiny.safetensors").exists())
+    time.sleep(2)                                              # the plugin/fine-tune jobs are running now
+    os.killpg(proc.pid, signal.SIGKILL)                        # snakemake and every job it started
+    proc.wait()
+    # A killed snakemake leaves its lock; Snakemake's own recovery is --unlock, then the rerun.
+    assert subprocess.run(run + ["--unlock"], cwd=REPO, capture_output=True).returncode == 0
+    res = subprocess.run(run + ["--rerun-incomplete"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    outputs_are_whole(results)
+    nothing = subprocess.run(run + ["-n"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "Nothing to be done" in nothing.stdout + nothing.stderr
+
+
+@pytest.mark.slow
+def test_a_failing_job_leaves_no_partial_output(tmp_path):
+    config = mini_config("failing", epochs=2)
+    config["recipes"]["vtab"]["lr"] = 1.0e12                   # diverges: the job raises mid-training
+    cfg = write(config, tmp_path / "c.yaml")
+    res = snakemake("--cores", "2", "--configfile", str(cfg), "--directory", str(tmp_path), timeout=600)
+    assert res.returncode != 0
+    results = tmp_path / "results/failing"
+    log = (results / "logs/finetune/tiny_tome_synth__count_r0_seed0.log").read_text()
+    assert "lower the learning rate" in log and "Traceback" not in log
+    assert not (results / "finetune/tiny/tome/synth__count/r0_seed0.safetensors").exists()
+    assert not (results / "eval").exists() and not (results / "tables").exists()
+    outputs_are_whole(results)

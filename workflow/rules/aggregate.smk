@@ -1,0 +1,21 @@
+# Stage 7: tidy results files and a first summary table. Reads result files only.
+
+
+rule aggregate:
+    input:
+        evals=[f"{OUT}/{p}" for p in sorted(GRID.evals)],
+        transfers=[f"{OUT}/{t.path}" for t in GRID.transfers],
+        benches=[f"{OUT}/{b.path}" for b in GRID.benches],
+    output:
+        evals=f"{OUT}/tables/eval.csv",
+        transfers=f"{OUT}/tables/transfer.csv",
+        benches=f"{OUT}/tables/bench.csv",
+        summary=f"{OUT}/tables/summary.md",
+    params:
+        name=config["name"],
+        scale=config["scale"],
+    log:
+        f"{LOGS}/aggregate.log",
+    localrule: True
+    script:
+        "../scripts/aggregate.py"

@@ -1,0 +1,25 @@
+# Stage 6: throughput per r, inference and training (Fig. 3). Random weights: speed does not depend on them.
+
+
+def bench_flags(wc):
+    b = next(b for b in config["bench"] if b["backbone"] == wc.backbone and b["method"] == wc.method)
+    return flags(model=config["backbones"][wc.backbone]["timm"], method=wc.method, r=b["r"], mode=wc.mode,
+                 batch_size=b["batch_size"], warmup=b.get("warmup", 2), repeats=b.get("repeats", 5),
+                 device=config.get("device"), threads=threads("bench"))
+
+
+rule bench:
+    output:
+        f"{OUT}/bench/{{backbone}}/{{method}}_{{mode}}.csv",
+    log:
+        f"{LOGS}/bench/{{backbone}}_{{method}}_{{mode}}.log",
+    params:
+        launch=f"{sys.executable} -m tocom.cli",
+        args=bench_flags,
+    wildcard_constraints:
+        mode=r"infer|train",
+    threads: threads("bench")
+    resources:
+        **res("bench"),
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launch} bench {params.args} --out {output} > {log} 2>&1"
