@@ -9,7 +9,8 @@ GEOMETRY = dict(img_size=56, patch_size=4, embed_dim=48, depth=12, num_heads=3, 
 
 def make_vit(kind: str = "cls", seed: int = 0, **overrides) -> torch.nn.Module:
     """kind: 'cls' (ViT/DeiT), 'distilled' (DeiT with distillation token), 'avg' (no class token,
-    average pooling, like MAE fine-tuning), 'reg' (class + 2 register tokens)."""
+    average pooling, like MAE fine-tuning), 'reg' (class + 2 register tokens), 'headless' (no
+    classifier, like the MAE encoder: the model returns pooled features)."""
     torch.manual_seed(seed)
     kw = {**GEOMETRY, **overrides}
     if kind == "distilled":
@@ -18,6 +19,8 @@ def make_vit(kind: str = "cls", seed: int = 0, **overrides) -> torch.nn.Module:
         model = VisionTransformer(class_token=False, global_pool="avg", **kw)
     elif kind == "reg":
         model = VisionTransformer(reg_tokens=2, **kw)
+    elif kind == "headless":
+        model = VisionTransformer(**{**kw, "num_classes": 0})
     else:
         model = VisionTransformer(**kw)
     return model.eval()

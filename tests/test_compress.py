@@ -12,7 +12,7 @@ from tocom.compress.patch import class_attention
 from tocom.compress.prune import evit_prune
 from conftest import make_vit
 
-KINDS = ["cls", "distilled", "avg", "reg"]
+KINDS = ["cls", "distilled", "avg", "reg", "headless"]
 
 
 @pytest.mark.parametrize("method", tocom.METHODS)
@@ -56,6 +56,13 @@ def test_tome_token_counts_at_r16_on_197_tokens(images):
     assert counts == [197, 181, 165, 149, 133, 117, 101, 85, 69, 53, 37, 21]
     assert final == 11     # the last layer is capped at half its 20 patch tokens (ToMe)
     assert tocom.flops(model, 16)["attn_tokens"] == counts
+
+
+@pytest.mark.parametrize("name, tokens", [("deit_base_patch16_384", 577), ("vit_base_patch16_224.mae", 197)])
+def test_paper_backbones_patch_with_the_same_code_path(name, tokens):
+    model = tocom.patch(timm.create_model(name, pretrained=False, num_classes=0), "tome")
+    f = tocom.flops(model, tocom.max_r(model))
+    assert f["attn_tokens"][0] == tokens and f["attn_tokens"][-1] < tokens // 4
 
 
 def test_deit_b_flops_match_the_papers():

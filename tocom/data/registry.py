@@ -1,0 +1,224 @@
+"""Name -> dataset registry and the single entry point `build_dataset`.
+
+`build_dataset` resolves the root, lets the family reader build the requested split
+(checking that every file it needs exists, so problems surface at build time as one-line
+`TocomError`s rather than in the middle of an epoch), applies `limit`, and attaches the
+transform. Default roots live under `data/` relative to the working directory; set the
+environment variable TOCOM_DATA to move that base elsewhere.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from tocom.errors import TocomError
+
+from . import folders, small, synthetic
+from .base import TocomDataset, stratified_pick
+from .transforms import TRAIN_SPLITS, TRANSFORMS, build_transform
+
+SPLITS = ("train", "val", "test", "trainval")
+DATA_ENV = "TOCOM_DATA"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    num_classes: int
+    group: str
+    default_root: str | None
+    layout: str
+    how_to_get: str
+    splits: tuple = SPLITS
+    default_transform: str = "deit"
+    builder: Callable | None = None  # (spec, root, split, seed, **kwargs) -> TocomDataset
+    needs_root: bool = True
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def _register(spec: DatasetSpec) -> None:
+    assert spec.name not in _REGISTRY, spec.name
+    assert spec.default_transform in TRANSFORMS, spec
+    _REGISTRY[spec.name] = spec
+
+
+HOLDOUT = (
+    "No official val split: 'trainval' = official train, 'val' = stratified 10 % of it, "
+    "'train' = the other 90 %, 'test' = official test."
+)
+
+_register(DatasetSpec(
+    name="imagenet", num_classes=1000, group="imagenet", default_root="data/imagenet",
+    layout="ImageFolder: root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG; class index = sorted wnid order. "
+    "'test' = the official val set; 'val' = stratified 10 % held out from train, 'train' = the other 90 %, "
+    "'trainval' = all of train.",
+    how_to_get=folders.IMAGENET_HOW, builder=folders.build_imagenet,
+))
+_register(DatasetSpec(
+    name="cifar100", num_classes=100, group="cifar", default_root="data/cifar100",
+    layout="Python pickle release: root/cifar-100-python/{train,test,meta} (root may also be cifar-100-python itself); "
+    "dicts with b'data' (N, 3072 uint8, CHW) and b'fine_labels'. " + HOLDOUT,
+    how_to_get=folders.CIFAR_HOW, builder=folders.build_cifar100,
+))
+_register(DatasetSpec(
+    name="cub200", num_classes=200, group="fgvc", default_root="data/cub200",
+    layout="root/CUB_200_2011/ (or root itself) with images/<class>/*.jpg, images.txt (id path), "
+    "image_class_labels.txt (id class, 1-based), train_test_split.txt (id is_train). " + HOLDOUT,
+    how_to_get=folders.CUB_HOW, builder=folders.build_cub200,
+))
+_register(DatasetSpec(
+    name="stanford_cars", num_classes=196, group="fgvc", default_root="data/stanford_cars",
+    layout="root/cars_train/*.jpg, root/cars_test/*.jpg, root/devkit/cars_train_annos.mat and "
+    "root/cars_test_annos_withlabels.mat (or under devkit/); 'annotations' struct arrays with fields "
+    "bbox_*, class (1-based) and fname. " + HOLDOUT,
+    how_to_get=folders.CARS_HOW, builder=folders.build_stanford_cars,
+))
+_register(DatasetSpec(
+    name="stanford_dogs", num_classes=120, group="fgvc", default_root="data/stanford_dogs",
+    layout="root/Images/<wnid-breed>/*.jpg plus root/train_list.mat and root/test_list.mat with "
+    "'file_list' (paths relative to Images/), 'annotation_list' and 'labels' (1-based). " + HOLDOUT,
+    how_to_get=folders.DOGS_HOW, builder=folders.build_stanford_dogs,
+))
+_register(DatasetSpec(
+    name="oxford_flowers102", num_classes=102, group="fgvc", default_root="data/oxford_flowers102",
+    layout="root/jpg/image_NNNNN.jpg, root/imagelabels.mat ('labels', 1-based) and root/setid.mat "
+    "(trnid/valid/tstid, 1-based image ids). Official splits: train=trnid, val=valid, trainval=both, test=tstid.",
+    how_to_get=folders.FLOWERS_HOW, builder=folders.build_oxford_flowers102,
+))
+
+#: The 19 VTAB-1k tasks (task -> group) in the benchmark's usual order.
+VTAB_TASKS: dict[str, str] = {
+    "cifar": "natural", "caltech101": "natural", "dtd": "natural", "oxford_flowers102": "natural",
+    "oxford_iiit_pet": "natural", "svhn": "natural", "sun397": "natural",
+    "patch_camelyon": "specialized", "eurosat": "specialized", "resisc45": "specialized",
+    "diabetic_retinopathy": "specialized",
+    "clevr_count": "structured", "clevr_dist": "structured", "dmlab": "structured", "kitti": "structured",
+    "dsprites_loc": "structured", "dsprites_ori": "structured", "smallnorb_azi": "structured",
+    "smallnorb_ele": "structured",
+}
+VTAB_NUM_CLASSES: dict[str, int] = {
+    "cifar": 100, "caltech101": 102, "dtd": 47, "oxford_flowers102": 102, "oxford_iiit_pet": 37, "svhn": 10,
+    "sun397": 397, "patch_camelyon": 2, "eurosat": 10, "resisc45": 45, "diabetic_retinopathy": 5,
+    "clevr_count": 8, "clevr_dist": 6, "dmlab": 6, "kitti": 4, "dsprites_loc": 16, "dsprites_ori": 16,
+    "smallnorb_azi": 18, "smallnorb_ele": 18,
+}
+for _task, _group in VTAB_TASKS.items():
+    _register(DatasetSpec(
+        name=f"vtab/{_task}", num_classes=VTAB_NUM_CLASSES[_task], group=_group, default_root="data/vtab-1k",
+        layout=f"VPT/NOAH VTAB-1k layout: root/{_task}/images/... plus root/{_task}/train800.txt, val200.txt, "
+        "train800val200.txt and test.txt, one 'relative/path label' per line (paths relative to the task folder); "
+        "root may also point at the task folder itself. Splits: train=train800, val=val200, "
+        "trainval=train800val200, test=test.",
+        how_to_get=folders.VTAB_HOW, default_transform="resize", builder=folders.build_vtab,
+    ))
+
+_register(DatasetSpec(
+    name="fashion_mnist", num_classes=10, group="real-small", default_root="/usr/share/datasets/fashion-mnist",
+    layout="IDX files, gzipped or not: root/train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), "
+    "t10k-images-idx3-ubyte(.gz), t10k-labels-idx1-ubyte(.gz); 28x28 grayscale. " + HOLDOUT,
+    how_to_get=small.FASHION_HOW, default_transform="small", builder=small.build_fashion_mnist,
+))
+_register(DatasetSpec(
+    name="digits", num_classes=10, group="real-small", default_root=None,
+    layout="scikit-learn's bundled load_digits (1797 8x8 grayscale images, no files). 'test' = stratified 20 %, "
+    "'trainval' = the other 80 %, 'val' = stratified 10 % of trainval, 'train' = the rest (fixed split seed).",
+    how_to_get="ships with scikit-learn (pip install scikit-learn); no download", default_transform="small",
+    builder=small.build_digits, needs_root=False,
+))
+for _name, (_fn, _k, _group, (_ntr, _nva, _nte)) in synthetic.SYNTH_TASKS.items():
+    _register(DatasetSpec(
+        name=_name, num_classes=_k, group=_group, default_root=None,
+        layout=f"Procedural, generated on the fly (no files): {(_fn.__doc__ or '').split(chr(10))[0].strip()} "
+        f"Native 32 px RGB. Default sizes train {_ntr}, val {_nva}, trainval {_ntr + _nva}, test {_nte} "
+        "(kwargs n_train/n_val/n_test/native_size).",
+        how_to_get="generated by tocom.data.synthetic; nothing to download", default_transform="small",
+        builder=synthetic.make_builder(_name), needs_root=False,
+    ))
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def dataset_names() -> list[str]:
+    """All registered dataset names, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise TocomError(f"unknown dataset {name!r}; expected one of: {', '.join(_REGISTRY)}") from None
+
+
+def resolve_root(spec: DatasetSpec, root: str | None) -> str | None:
+    """`root`, else the spec's default root; a default under 'data/' moves with $TOCOM_DATA."""
+    if root is None:
+        root = spec.default_root
+        if root is not None and os.environ.get(DATA_ENV) and root.startswith("data/"):
+            root = os.path.join(os.environ[DATA_ENV], root[len("data/"):])
+    if root is None:
+        return None
+    root = os.path.expanduser(os.fspath(root))
+    if spec.needs_root and not os.path.isdir(root):
+        summary = re.split(r"(?<=[a-z)\]'])\.\s+(?=[A-Z'])", spec.layout)[0].rstrip(".")
+        hint = f" (or pass root=, or set ${DATA_ENV} to the folder holding '{spec.default_root[5:]}')" if (
+            spec.default_root or "").startswith("data/") else ""
+        raise TocomError(f"{root}: expected the {spec.name} dataset folder ({summary}); {spec.how_to_get}{hint}")
+    return root
+
+
+def build_dataset(
+    name: str,
+    root: str | None = None,
+    split: str = "train",
+    img_size: int = 224,
+    transform: str | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    **kwargs,
+) -> TocomDataset:
+    """Build one split of a registered dataset; items are (FloatTensor[3, img_size, img_size], int).
+
+    kwargs: `augment` (bool) forces the training/eval variant of the "deit" recipe (default:
+    training for "train"/"trainval"); `interpolation` ("nearest"/"bilinear"/"bicubic") overrides the
+    recipe's resize mode; `split_seed` (default 0) picks the held-out val/test items; procedural tasks
+    also take `n_train`, `n_val`, `n_test`, `native_size`. `seed` drives `limit` and procedural content.
+    """
+    spec = get_spec(name)
+    if split not in spec.splits:
+        raise TocomError(f"{name}: unknown split {split!r}; expected one of {', '.join(spec.splits)}")
+    kind = transform if transform is not None else spec.default_transform
+    if kind not in TRANSFORMS:
+        raise TocomError(f"unknown transform {kind!r}; expected one of {', '.join(TRANSFORMS)} (or None for the dataset's default)")
+    if int(img_size) < 1:
+        raise TocomError(f"img_size must be a positive integer, got {img_size!r}")
+    augment = kwargs.pop("augment", None)
+    interpolation = kwargs.pop("interpolation", None)
+    accepted = set(inspect.signature(spec.builder).parameters) - {"spec", "root", "split", "seed"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise TocomError(
+            f"{name}: unknown option(s) {', '.join(unknown)}; accepted: "
+            f"{', '.join(sorted(accepted | {'augment', 'interpolation'}))}"
+        )
+    root = resolve_root(spec, root)
+    ds = spec.builder(spec, root, split, int(seed), **kwargs)
+    if len(ds) == 0:
+        raise TocomError(f"{root or name}: split '{split}' of {name} is empty; check the split files or sizes")
+    if limit is not None:
+        if int(limit) < 1:
+            raise TocomError(f"limit must be a positive integer or None, got {limit!r}")
+        ds.restrict(stratified_pick(ds.targets, int(limit), int(seed)))
+    train = (split in TRAIN_SPLITS) if augment is None else bool(augment)
+    ds.transform = build_transform(kind, img_size, train, interpolation)
+    ds.transform_name = kind
+    ds.img_size = int(img_size)
+    ds.root = root
+    return ds

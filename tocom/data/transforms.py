@@ -1,0 +1,94 @@
+"""The three preprocessing recipes a dataset can be read with.
+
+- "deit":   the DeiT recipe. Training splits use timm's `create_transform` with RandAugment
+            `rand-m9-mstd0.5-inc1`, color jitter 0.4 (which timm, like DeiT, does not apply while
+            RandAugment is on), bicubic random-resized crop + flip, and random erasing 0.25 in
+            pixel mode. Mixup/CutMix belong to the training engine, not here. Eval splits resize
+            to img_size/0.875 and center-crop. ImageNet mean/std.
+- "resize": the VTAB-1k protocol (paper's Table 13, as in VPT/NOAH): bicubic resize straight to
+            img_size x img_size, no augmentation, ImageNet mean/std, for train and test alike.
+- "small":  for tiny grayscale or procedural images: resize to img_size (nearest by default, so
+            single-pixel detail stays crisp), replicate to 3 channels, normalize with mean/std 0.5,
+            no augmentation.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.data import create_transform
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision import transforms as T
+
+from tocom.errors import TocomError
+
+TRANSFORMS = ("deit", "resize", "small")
+TRAIN_SPLITS = ("train", "trainval")
+
+DEIT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
+DEIT_COLOR_JITTER = 0.4
+DEIT_REPROB = 0.25
+EVAL_CROP_PCT = 0.875
+
+_INTERP = {
+    "nearest": T.InterpolationMode.NEAREST,
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "bicubic": T.InterpolationMode.BICUBIC,
+}
+
+
+class ToThreeChannels:
+    """Replicate a 1-channel tensor to 3 channels (a class, not a lambda, so it pickles for workers)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.expand(3, *x.shape[1:]) if x.shape[0] == 1 else x
+
+    def __repr__(self) -> str:
+        return "ToThreeChannels()"
+
+
+def build_transform(kind: str, img_size: int, train: bool, interpolation: str | None = None):
+    """Return a callable PIL.Image -> FloatTensor[3, img_size, img_size]."""
+    if kind not in TRANSFORMS:
+        raise TocomError(f"unknown transform {kind!r}; expected one of {', '.join(TRANSFORMS)} (or None for the dataset's default)")
+    if interpolation is not None and interpolation not in _INTERP:
+        raise TocomError(f"unknown interpolation {interpolation!r}; expected one of {', '.join(_INTERP)}")
+    img_size = int(img_size)
+    if kind == "deit":
+        interp = interpolation or "bicubic"
+        if train:
+            return create_transform(
+                input_size=img_size,
+                is_training=True,
+                auto_augment=DEIT_AUTO_AUGMENT,
+                color_jitter=DEIT_COLOR_JITTER,
+                interpolation=interp,
+                re_prob=DEIT_REPROB,
+                re_mode="pixel",
+                re_count=1,
+                mean=IMAGENET_DEFAULT_MEAN,
+                std=IMAGENET_DEFAULT_STD,
+            )
+        return create_transform(
+            input_size=img_size,
+            is_training=False,
+            interpolation=interp,
+            crop_pct=EVAL_CROP_PCT,
+            mean=IMAGENET_DEFAULT_MEAN,
+            std=IMAGENET_DEFAULT_STD,
+        )
+    if kind == "resize":
+        return T.Compose(
+            [
+                T.Resize((img_size, img_size), interpolation=_INTERP[interpolation or "bicubic"]),
+                T.ToTensor(),
+                T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+            ]
+        )
+    return T.Compose(
+        [
+            T.Resize((img_size, img_size), interpolation=_INTERP[interpolation or "nearest"]),
+            T.ToTensor(),
+            ToThreeChannels(),
+            T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        ]
+    )
