@@ -197,3 +197,40 @@ def test_cli_errors_are_one_line(tmp_path):
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], res.stderr
         assert "Traceback" not in res.stderr
+
+
+def test_official_style_checkpoints_load_with_a_new_head(tmp_path):
+    """DeiT/MAE releases are .pth files with the weights under 'model'; a new task drops their head."""
+    torch.manual_seed(0)
+    source = create_backbone(BACKBONE, num_classes=1000, **TINY)
+    torch.save({"model": source.state_dict(), "epoch": 300}, tmp_path / "deit_release.pth")
+    model = create_backbone(BACKBONE, num_classes=8, checkpoint=tmp_path / "deit_release.pth", **TINY)
+    assert torch.equal(model.blocks[2].attn.qkv.weight, source.blocks[2].attn.qkv.weight)
+    assert model.head.weight.shape == (8, 48)
+    torch.save({"model": {"unrelated.weight": torch.zeros(1)}}, tmp_path / "other.pth")
+    with pytest.raises(tocom.TocomError, match="does not fit"):
+        create_backbone(BACKBONE, num_classes=8, checkpoint=tmp_path / "other.pth", **TINY)
+
+
+def test_feature_distillation_for_a_headless_backbone(tmp_path):
+    """MAE has no classifier: the plugin learns from L1 on the final pooled features (Sec. 5.6)."""
+    torch.manual_seed(0)
+    model = create_backbone(BACKBONE, num_classes=0, **TINY)
+    with pytest.raises(tocom.TocomError, match="loss='features'"):
+        distill(model, data("synth/pretrain", "train", 32), tmp_path / "x.safetensors", r_max=4, progress=False)
+    train = data("synth/pretrain", "train", 64)
+    plugin = distill(model, train, tmp_path / "p.safetensors", r_max=4, loss="features", epochs=30,
+                     batch_size=64, lr=2e-3, progress=False)
+    images = torch.stack([train[i][0] for i in range(64)])
+
+    def gap(scale):
+        total = 0.0
+        with torch.no_grad():
+            for m, n in [(0, 4), (4, 0), (1, 3)]:
+                tocom.set_r(model, m)
+                teacher = model(images)
+                with tocom.compensate(model, plugin, m, n, scale=scale):
+                    total += F.l1_loss(model(images), teacher).item()
+        return total
+
+    assert gap(0.1) < 0.9 * gap(0.0)
