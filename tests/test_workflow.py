@@ -114,6 +114,72 @@ def check_smoke_results(results: Path) -> None:
     assert len(pd.read_csv(tables / "transfer.csv")) == 2
     assert set(pd.read_csv(tables / "bench.csv")["mode"]) == {"infer", "train"}
     assert "Mean test top-1" in (tables / "summary.md").read_text()
+    assert set(evals.backbone_key) == {"tiny", "tiny2"}
+    assert {"tocom", "h1", "h4", "h8", "kd"} <= set(pd.read_csv(tables / "plugins.csv").variant)
+    # the report: every item of the paper, produced (no stub), in the paper's order
+    report, figures = results / "report", results.parents[1] / "figures" / results.name
+    tables_ = ["table1_transfer", "table2_vtab_natural_specialized", "table3_vtab_structured", "table4_vtab_training",
+               "table5_ablation", "table6_scale", "table7_rank", "table8_evit", "table_idle", "table9_deit_s",
+               "table10_mae", "table12_backbones", "table13_hparams", "table14_datasets", "setup_degrees"]
+    figs = ["fig2_source_target", "fig3_throughput", "fig5_inference", "fig6_training", "fig7_evit", "fig_idle"]
+    for stem in tables_ + figs:
+        exts = [".md", ".csv"] + ([".tex"] if stem in tables_ else [])
+        for ext in exts:
+            assert (report / f"{stem}{ext}").stat().st_size > 0, f"{stem}{ext}"
+        assert "Not in this run's grid" not in (report / f"{stem}.md").read_text(), stem
+    for stem in figs:
+        assert (figures / f"{stem}.png").stat().st_size > 1000 and (figures / f"{stem}.pdf").stat().st_size > 0
+    text = (results / "report.md").read_text()
+    order = ["Fig. 2", "Fig. 3", "Table 1:", "Fig. 5", "Table 2:", "Table 3:", "Fig. 6", "Table 4:", "Table 5:",
+             "Table 6:", "Table 7:", "Fig. 7", "Table 8:", "IdleViT figure", "IdleViT table", "Table 9:", "Table 10:",
+             "Table 12:", "Table 13:", "Table 14:"]
+    positions = [text.find(f"### {o}") for o in order]
+    assert -1 not in positions and positions == sorted(positions), dict(zip(order, positions))
+    assert "not compared with the paper" in text and "1 seed, no interval" in text and "↳ paper" not in text
+
+    def cells(stem):
+        df = pd.read_csv(report / f"{stem}.csv")
+        df = df[(df.kind == "cell") & (df.n_seeds > 0)]
+        return df, set(df.block.dropna()), set(df.row), set(df["column"])
+
+    _, blocks, rows, cols = cells("table1_transfer")
+    assert rows == {"synth/texture"} and cols == {"M_0^B", "M_4^A − M_0^A + M_0^B", "Δ"}
+    _, blocks, rows, cols = cells("table2_vtab_natural_specialized")
+    assert len(blocks) == 2 and {"texture", "Natural", "Natural Δ", "orientation", "Specialized", "Specialized Δ"} <= cols
+    assert {"source r = 0", "source r = 0 + ToCom", "source r = 1", "source r = 1 + ToCom", "source r = 4",
+            "source r = 2"} <= rows
+    _, blocks, rows, cols = cells("table3_vtab_structured")
+    assert {"count", "Structured", "Structured Δ"} <= cols and len(blocks) == 2
+    _, blocks, rows, cols = cells("table4_vtab_training")
+    assert len(blocks) == 2 and {"target r = 0 + ToCom", "target r = 1 + ToCom", "target r = 4", "target r = 2"} <= rows
+    assert {"Natural", "Specialized", "Structured"} <= cols
+    ablation_cols = {"0 → 4", "0 → 4 Δ", "0 → 2", "0 → 2 Δ", "4 → 0", "4 → 0 Δ"}
+    for stem, expected in (("table5_ablation", {"Baseline", "Shared LoRA (h = 8)", "CLS loss", "No inversion",
+                                                "ToCom (ours)"}),
+                           ("table6_scale", {"Baseline", "s = 1", "s = 0.1 (ours)", "s = 0.01"}),
+                           ("table7_rank", {"Baseline", "h = 1", "h = 2 (ours)", "h = 4", "h = 8"})):
+        df, _, rows, cols = cells(stem)
+        assert rows == expected and ablation_cols <= cols, stem
+    df, _, _, _ = cells("table7_rank")
+    params = df[df.column == "# params (M)"].set_index("row")["mean"]
+    assert params["h = 2 (ours)"] == pytest.approx(4 * 12 * 2 * 2 * 96 * 2 / 1e6)     # R x depth x q,v x A,B x width x h
+    for stem, group in (("table8_evit", "Natural"), ("table_idle", "Natural"), ("table9_deit_s", "Structured"),
+                        ("table10_mae", "Structured")):
+        _, blocks, rows, cols = cells(stem)
+        assert blocks == {"source r = 0 → target r = 4", "source r = 4 → target r = 0"} and rows == {
+            "source r = 0", "source r = 4", "+ ToCom"} and {group, f"{group} Δ"} <= cols, stem
+    for stem, source, targets in (("fig5_inference", 0, {1, 2, 3, 4}), ("fig6_training", 4, {0, 1, 2, 3}),
+                                  ("fig7_evit", 0, {1, 2, 3, 4}), ("fig_idle", 0, {1, 2, 3, 4})):
+        _, blocks, rows, cols = cells(stem)
+        assert {f"source r = {source}", "+ ToCom", "Δ ToCom"} <= rows and "mean" in blocks, stem
+        assert cols == {f"r = {t}" for t in targets}, stem
+    _, blocks, rows, cols = cells("fig2_source_target")
+    assert {"synth/shapes", "synth/texture", "mean"} <= blocks and {"source r = 0", "source r = 4"} <= rows
+    _, blocks, rows, cols = cells("fig3_throughput")
+    assert blocks == {"inference", "training"} and rows == {"r = 0", "r = 2", "r = 4"} and "speed-up" in cols
+    assert set(pd.read_csv(report / "table12_backbones.csv").key) == {"tiny", "tiny2"}
+    roles = pd.read_csv(report / "table14_datasets.csv").set_index("dataset").role
+    assert len(roles) == 4 and roles["synth/texture"] == "CIFAR-100/FGVC role; VTAB-1k Natural"
     outputs_are_whole(results)
 
 

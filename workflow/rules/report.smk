@@ -1,0 +1,177 @@
+# Stage 8: every table and figure of the paper from the tidy tables, then one assembled report.
+# One rule per item; each reads result tables (and the paper's numbers) only, never models.
+# Which results feed which item is the config's `report` section (roles, dataset lists, degrees).
+from pathlib import Path
+
+REPORT_DIR = f"{OUT}/report"
+FIG_DIR = f"figures/{config['name']}"
+TABLES = f"{OUT}/tables"
+PAPER_NUMBERS = str(Path(workflow.basedir) / "reference" / "paper_results.csv")
+HELPERS = str(Path(workflow.basedir) / "workflow" / "scripts" / "report" / "common.py")   # rerun items when it changes
+REPORT = f"{OUT}/report.md"
+
+
+def _check_report(cfg):
+    """Cross-checks the schema cannot express; one line, before any job runs."""
+    rep = cfg["report"]
+    for role in ("main", "evit", "idle", "small", "mae"):
+        if rep.get(role) and rep[role]["backbone"] not in cfg["backbones"]:
+            sys.exit(f"config error: report.{role}: backbone {rep[role]['backbone']!r} is not defined under "
+                     "`backbones`")
+        if rep.get(role) and rep[role].get("variant", "tocom") not in cfg["variants"]:
+            sys.exit(f"config error: report.{role}: variant {rep[role]['variant']!r} is not defined under `variants`")
+    for kind, names in rep.get("variants", {}).items():
+        unknown = [v for v in names if v not in cfg["variants"]]
+        if unknown:
+            sys.exit(f"config error: report.variants.{kind}: {', '.join(unknown)} not defined under `variants`")
+
+
+_check_report(config)
+
+
+def table_files(*stems):
+    return [f"{REPORT_DIR}/{s}.{ext}" for s in stems for ext in ("md", "tex", "csv")]
+
+
+def figure_files(*stems):
+    return [f"{REPORT_DIR}/{s}.{ext}" for s in stems for ext in ("md", "csv")] + \
+        [f"{FIG_DIR}/{s}.{ext}" for s in stems for ext in ("png", "pdf")]
+
+
+REPORT_PARAMS = dict(config=config, tables=TABLES, report_dir=REPORT_DIR, fig_dir=FIG_DIR)
+EVAL, TRANSFER, BENCH = f"{TABLES}/eval.csv", f"{TABLES}/transfer.csv", f"{TABLES}/bench.csv"
+PLUGINS, MODELS = f"{TABLES}/plugins.csv", f"{TABLES}/models.csv"
+
+
+rule fig2_source_target:
+    input: EVAL, reference=PAPER_NUMBERS, helpers=HELPERS
+    output: figure_files("fig2_source_target")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/fig2_source_target.py"
+
+
+rule fig3_throughput:
+    input: BENCH, reference=PAPER_NUMBERS, helpers=HELPERS
+    output: figure_files("fig3_throughput")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/fig3_throughput.py"
+
+
+rule table1_transfer:
+    input: TRANSFER, reference=PAPER_NUMBERS, helpers=HELPERS
+    output: table_files("table1_transfer")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/table1_transfer.py"
+
+
+rule fig5_inference:
+    input: EVAL, reference=PAPER_NUMBERS, helpers=HELPERS
+    output: figure_files("fig5_inference")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/fig5_inference.py"
+
+
+rule table2_3_vtab_inference:
+    input: EVAL, BENCH, reference=PAPER_NUMBERS, helpers=HELPERS
+    output: table_files("table2_vtab_natural_specialized", "table3_vtab_structured")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/table2_3_vtab_inference.py"
+
+
+rule fig6_training:
+    input: EVAL, reference=PAPER_NUMBERS, helpers=HELPERS
+    output: figure_files("fig6_training")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/fig6_training.py"
+
+
+rule table4_vtab_training:
+    input: EVAL, BENCH, reference=PAPER_NUMBERS, helpers=HELPERS
+    output: table_files("table4_vtab_training")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/table4_vtab_training.py"
+
+
+rule table5_ablation:
+    input: EVAL, reference=PAPER_NUMBERS, helpers=HELPERS
+    output: table_files("table5_ablation")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/table5_ablation.py"
+
+
+rule table6_scale:
+    input: EVAL, reference=PAPER_NUMBERS, helpers=HELPERS
+    output: table_files("table6_scale")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/table6_scale.py"
+
+
+rule table7_rank:
+    input: EVAL, PLUGINS, reference=PAPER_NUMBERS, helpers=HELPERS
+    output: table_files("table7_rank")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/table7_rank.py"
+
+
+rule fig7_table8_evit:
+    input: EVAL, reference=PAPER_NUMBERS, helpers=HELPERS
+    output: figure_files("fig7_evit") + table_files("table8_evit")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/fig7_table8_evit.py"
+
+
+rule table_idle:
+    input: EVAL, reference=PAPER_NUMBERS, helpers=HELPERS
+    output: figure_files("fig_idle") + table_files("table_idle")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/table_idle.py"
+
+
+rule table9_deit_s:
+    input: EVAL, reference=PAPER_NUMBERS, helpers=HELPERS
+    output: table_files("table9_deit_s")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/table9_deit_s.py"
+
+
+rule table10_mae:
+    input: EVAL, reference=PAPER_NUMBERS, helpers=HELPERS
+    output: table_files("table10_mae")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/table10_mae.py"
+
+
+rule setup_tables:
+    input: EVAL, PLUGINS, MODELS, helpers=HELPERS
+    output: table_files("table12_backbones", "table13_hparams", "table14_datasets", "setup_degrees")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/setup_tables.py"
+
+
+REPORT_ITEMS = [rules.fig2_source_target, rules.fig3_throughput, rules.table1_transfer, rules.fig5_inference,
+                rules.table2_3_vtab_inference, rules.fig6_training, rules.table4_vtab_training, rules.table5_ablation,
+                rules.table6_scale, rules.table7_rank, rules.fig7_table8_evit, rules.table_idle, rules.table9_deit_s,
+                rules.table10_mae, rules.setup_tables]
+
+
+rule assemble_report:
+    input: [f for item in REPORT_ITEMS for f in item.output if f.endswith(".md")], helpers=HELPERS
+    output: REPORT
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/assemble.py"

@@ -1,0 +1,25 @@
+"""Table 4: VTAB-1k group means for models fine-tuned at a high source r (paper: 16, 12) evaluated at lower
+targets (paper: 0, 4), plain and with ToCom, and target = source as reference."""
+from common import GROUPS, Ctx, Table, group_notes, stub, vtab_row
+
+STEM, TITLE = "table4_vtab_training", "Table 4: VTAB-1k, target r below source r (training-time acceleration)"
+
+
+def make(ctx: Ctx) -> None:
+    deg = ctx.report["degrees"]["training"]
+    t = Table(ctx, STEM, TITLE, f"Role {ctx.role_label('main')}; VTAB-1k group means of test top-1 (%); Δ = gain of "
+                                "ToCom over the same model without it.")
+    for s in deg["sources"]:
+        block = f"source r = {s}" + ctx.speed_note(s, "train", "Table 4")
+        for target in deg["targets"]:
+            for label, tocom in ((f"target r = {target}", False), (f"target r = {target} + ToCom", True)):
+                vtab_row(ctx, t, "main", block, label, s, target, tocom, GROUPS, paper_source="Table 4")
+        vtab_row(ctx, t, "main", block, f"target r = {s}", s, s, False, GROUPS, paper_source="Table 4")
+    t.notes += group_notes(ctx, "main")
+    if not t.has_data():
+        return stub(ctx, STEM, TITLE, "no VTAB-1k-role evaluation of the main role at these degrees")
+    t.write()
+
+
+if __name__ == "__main__":
+    make(Ctx.from_snakemake(snakemake))  # noqa: F821
