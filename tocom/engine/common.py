@@ -180,7 +180,7 @@ def fit(job: Fit, train_loader: DataLoader, out: str | Path, rt: Runtime, seed: 
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr_at(step - 1):.2e}")
         if rt.main:   # one line per epoch, so logs of --quiet runs still tell how training went
-            print(f"[tocom] {job.desc} epoch {epoch + 1}/{job.epochs}: loss {sum(losses) / max(1, len(losses)):.4f}, "
+            print(f"[tocom] {job.desc} epoch {epoch + 1}/{job.epochs}: loss {sum(losses) / max(1, len(losses)):.4g}, "
                   f"lr {lr_at(step - 1):.2e}, {time.time() - started:.0f}s", file=sys.stderr, flush=True)
             resume.mkdir(parents=True, exist_ok=True)
             save_weights(dict(params), resume / "trainable.safetensors")
