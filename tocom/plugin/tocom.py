@@ -82,18 +82,11 @@ class ToCom(nn.Module):
         return {i: -1.0 for i in range(n, m)}
 
     def delta(self, source_r: int, target_r: int, scale: float) -> dict[str, torch.Tensor]:
-        """Weight deltas per projection, (L, D_out, D_in): s * sum_g c_g B_g A_g."""
-        coef = self.coefficients(source_r, target_r)
-        out = {}
-        for p in PROJECTIONS:
-            a, b = self.A[p], self.B[p]
-            if not coef:
-                out[p] = a.new_zeros(self.depth, self.dim, self.dim)
-                continue
-            idx = torch.tensor(list(coef), device=a.device)
-            c = torch.tensor(list(coef.values()), device=a.device, dtype=a.dtype) * scale
-            out[p] = torch.einsum("g,gldh,glhe->lde", c, b[idx], a[idx])
-        return out
+        """Weight deltas per projection, (L, D_out, D_in): s * sum_g c_g B_g A_g (the factors multiplied out)."""
+        factors = self.factors(source_r, target_r, scale)
+        if factors is None:
+            return {p: self.A[p].new_zeros(self.depth, self.dim, self.dim) for p in PROJECTIONS}
+        return {p: b_cat @ a_cat for p, (a_cat, b_cat) in factors.items()}
 
     def factors(self, source_r: int, target_r: int, scale: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
         """Low-rank factors per projection, (L, k*h, D) and (L, D, k*h), with s and signs folded into B.
