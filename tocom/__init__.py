@@ -9,11 +9,28 @@ The public API, in one place:
         logits = model(x)
     plugin.save(path); plugin = tocom.ToCom.load(path)
     tocom.flops(model, r)
+
+The names load on first use, so `import tocom.experiments` (what the Snakefile imports in every
+job) does not pay for importing torch.
 """
-from .compress import METHODS, flops, is_patched, max_r, patch, set_r
+from importlib import import_module
+
 from .errors import TocomError
-from .plugin import Compensation, ToCom, compensate
 
 __version__ = "0.1.0"
-__all__ = ["METHODS", "Compensation", "ToCom", "TocomError", "compensate", "flops", "is_patched", "max_r",
-           "patch", "set_r"]
+_LAZY = {"METHODS": "compress", "flops": "compress", "is_patched": "compress", "max_r": "compress",
+         "patch": "compress", "set_r": "compress", "Compensation": "plugin", "ToCom": "plugin",
+         "compensate": "plugin"}
+__all__ = ["TocomError", *sorted(_LAZY)]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tocom' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -56,6 +56,13 @@ def backbone_geometry(timm_name: str) -> dict:
             "has_head": model.num_classes > 0}
 
 
+# Output layout; the workflow's rules use the same templates as output patterns ({dataset}, {a}, {b}:
+# dataset keys, see dataset_key).
+FINETUNE = "finetune/{backbone}/{method}/{dataset}/r{source}_seed{seed}.safetensors"
+EVAL = "eval/{backbone}/{method}/{dataset}/r{source}_seed{seed}.csv"
+TRANSFER = "transfer/{backbone}/{method}/{a}_to_{b}_r{high}_seed{seed}.csv"
+
+
 @dataclass(frozen=True)
 class FinetuneRun:
     backbone: str
@@ -65,13 +72,17 @@ class FinetuneRun:
     seed: int
     recipe: str
 
+    def _fields(self) -> dict:
+        return dict(backbone=self.backbone, method=self.method, dataset=dataset_key(self.dataset),
+                    source=self.source, seed=self.seed)
+
     @property
     def path(self) -> str:
-        return f"finetune/{self.backbone}/{self.method}/{dataset_key(self.dataset)}/r{self.source}_seed{self.seed}.safetensors"
+        return FINETUNE.format(**self._fields())
 
     @property
     def eval_path(self) -> str:
-        return self.path.replace("finetune/", "eval/", 1).replace(".safetensors", ".csv")
+        return EVAL.format(**self._fields())
 
 
 @dataclass
@@ -93,8 +104,8 @@ class TransferRun:
 
     @property
     def path(self) -> str:
-        return (f"transfer/{self.backbone}/{self.method}/{dataset_key(self.a)}_to_{dataset_key(self.b)}"
-                f"_r{self.high_r}_seed{self.seed}.csv")
+        return TRANSFER.format(backbone=self.backbone, method=self.method, a=dataset_key(self.a),
+                               b=dataset_key(self.b), high=self.high_r, seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -119,8 +130,12 @@ def backbone_path(backbone: str) -> str:
 class Grid:
     """All runs of one config. Raises TocomError on the first problem found."""
 
-    def __init__(self, config: dict, check_files: bool = True):
+    def __init__(self, config: dict, check_files: bool = True, check_geometry: bool = True):
+        """check_files: data roots and checkpoints exist. check_geometry: every r fits its backbone
+        (builds each backbone on the meta device, so it imports torch and timm; the workflow's jobs
+        re-read a config the main process has already checked and skip both)."""
         self.config = config
+        self.check_geometry = check_geometry
         self.name = config["name"]
         self.seeds = list(config.get("seeds", [0]))
         self.backbones: dict = config["backbones"]
@@ -154,15 +169,14 @@ class Grid:
         for study in self.config.get("studies", []):
             backbone, method = study["backbone"], study["method"]
             self._backbone(backbone)
-            geometry = self.geometry(backbone)
             for block in study["sets"]:
                 variants = list(block.get("variants", []))
                 for v in variants:
                     if v not in self.config.get("variants", {}):
                         raise TocomError(f"study {study['name']}: variant {v!r} is not defined under `variants`")
                     self.plugins.add((backbone, method, v))
-                rs = list(block["sources"]) + list(block["targets"])
-                too_big = sorted({r for r in rs if r > geometry["max_r"]})
+                geometry = self.geometry(backbone)
+                too_big = sorted({r for r in [*block["sources"], *block["targets"]] if r > geometry["max_r"]})
                 if too_big:
                     raise TocomError(f"study {study['name']}: r {too_big} exceeds what {backbone} carries "
                                      f"(max r = {geometry['max_r']} for {geometry['patches']} patch tokens over "
@@ -203,6 +217,9 @@ class Grid:
         return self.backbones[key]
 
     def geometry(self, key: str) -> dict:
+        """The backbone's geometry, or an unbounded stand-in when geometry checks are off."""
+        if not self.check_geometry:
+            return {"patches": None, "depth": None, "max_r": float("inf"), "has_head": True}
         return backbone_geometry(self._backbone(key)["timm"])
 
     def _check_backbones(self, check_files: bool) -> None:
@@ -272,8 +289,16 @@ class Grid:
     def pretrained_backbones(self) -> list[str]:
         return [k for k, bb in self.backbones.items() if bb.get("pretrain")]
 
-    def finetune_by_path(self, path: str) -> FinetuneRun:
-        return self.finetunes[path]
+    def finetune_run(self, **fields) -> FinetuneRun:
+        """The fine-tune whose FINETUNE path these fields (e.g. a rule's wildcards) fill in."""
+        return self.finetunes[FINETUNE.format(**fields)]
+
+    def eval_run(self, **fields) -> EvalRun:
+        return self.evals[EVAL.format(**fields)]
+
+    def transfer_run(self, **fields) -> TransferRun:
+        path = TRANSFER.format(**fields)
+        return next(t for t in self.transfers if t.path == path)
 
     def final_outputs(self) -> list[str]:
         outs = [plugin_path(*p) for p in sorted(self.plugins)]

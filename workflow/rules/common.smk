@@ -3,11 +3,16 @@ import shlex
 import sys
 
 from tocom.errors import TocomError
-from tocom.experiments import Grid, backbone_path, dataset_name, plugin_path, validate_config
+from tocom.experiments import (EVAL, FINETUNE, TRANSFER, Grid, backbone_path, dataset_name, plugin_path,
+                               validate_config)
 
 try:
-    validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
-    GRID = Grid(config)
+    # Jobs (SLURM or otherwise) re-parse this file: the main process has checked everything already,
+    # so they skip the checks that import torch/timm or look at the file system.
+    checked = workflow.is_main_process
+    if checked:
+        validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+    GRID = Grid(config, check_files=checked, check_geometry=checked)
 except TocomError as e:  # one line, before any job runs
     sys.exit(f"config error: {e}")
 

@@ -2,7 +2,7 @@
 
 
 def eval_run(wc):
-    return GRID.evals[f"eval/{wc.backbone}/{wc.method}/{wc.dataset}/r{wc.source}_seed{wc.seed}.csv"]
+    return GRID.eval_run(**wc)
 
 
 def eval_plugins(wc):
@@ -22,10 +22,10 @@ def eval_flags(wc):
 
 rule evaluate:
     input:
-        model=f"{OUT}/finetune/{{backbone}}/{{method}}/{{dataset}}/r{{source}}_seed{{seed}}.safetensors",
+        model=f"{OUT}/{FINETUNE}",
         plugins=lambda wc: list(eval_plugins(wc).values()),
     output:
-        f"{OUT}/eval/{{backbone}}/{{method}}/{{dataset}}/r{{source}}_seed{{seed}}.csv",
+        f"{OUT}/{EVAL}",
     log:
         f"{LOGS}/evaluate/{{backbone}}_{{method}}_{{dataset}}_r{{source}}_seed{{seed}}.log",
     params:

@@ -2,7 +2,7 @@
 
 
 def finetune_flags(wc):
-    run = GRID.finetune_by_path(f"finetune/{wc.backbone}/{wc.method}/{wc.dataset}/r{wc.source}_seed{wc.seed}.safetensors")
+    run = GRID.finetune_run(**wc)
     recipe = dict(config["recipes"][run.recipe])
     limit = recipe.pop("limit", None)
     return " ".join([
@@ -17,7 +17,7 @@ rule finetune:
     input:
         backbone_input,
     output:
-        f"{OUT}/finetune/{{backbone}}/{{method}}/{{dataset}}/r{{source}}_seed{{seed}}.safetensors",
+        f"{OUT}/{FINETUNE}",
     log:
         f"{LOGS}/finetune/{{backbone}}_{{method}}_{{dataset}}_r{{source}}_seed{{seed}}.log",
     params:

@@ -2,23 +2,24 @@
 
 
 def transfer_run(wc):
-    path = f"transfer/{wc.backbone}/{wc.method}/{wc.a}_to_{wc.b}_r{wc.high}_seed{wc.seed}.csv"
-    return next(t for t in GRID.transfers if t.path == path)
+    return GRID.transfer_run(**wc)
 
 
 def transfer_models(wc):
     t = transfer_run(wc)
-    ft = f"{OUT}/finetune/{t.backbone}/{t.method}"
-    return dict(high_a=f"{ft}/{wc.a}/r{t.high_r}_seed{t.seed}.safetensors",
-                low_a=f"{ft}/{wc.a}/r0_seed{t.seed}.safetensors",
-                model_b=f"{ft}/{wc.b}/r0_seed{t.seed}.safetensors")
+
+    def model(dataset, source):
+        return f"{OUT}/" + FINETUNE.format(backbone=t.backbone, method=t.method, dataset=dataset, source=source,
+                                           seed=t.seed)
+
+    return dict(high_a=model(wc.a, t.high_r), low_a=model(wc.a, 0), model_b=model(wc.b, 0))
 
 
 rule transfer:
     input:
         unpack(transfer_models),
     output:
-        f"{OUT}/transfer/{{backbone}}/{{method}}/{{a}}_to_{{b}}_r{{high}}_seed{{seed}}.csv",
+        f"{OUT}/{TRANSFER}",
     log:
         f"{LOGS}/transfer/{{backbone}}_{{method}}_{{a}}_to_{{b}}_r{{high}}_seed{{seed}}.log",
     params:
