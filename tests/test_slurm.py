@@ -160,7 +160,7 @@ def test_smoke_pipeline_through_the_slurm_profile(tmp_path):
     local = len(re.findall(r"^localrule \w+:", log, re.M))
     total = int(re.search(r"^total\s+(\d+)$", log, re.M).group(1))
     # the profile groups each fine-tune with the evaluation of its checkpoint: one sbatch job per pair
-    groups = len(re.findall(r"^Group job ", log, re.M))
+    groups = len(re.findall(r"Group job \w+ \(jobs", log))
     grouped = len(re.findall(r"^\s+rule \w+:", log, re.M))
     evaluations = len(re.findall(r"^\s+rule evaluate:", log, re.M))
     assert evaluations == len(re.findall(r"^\s*rule evaluate:", log, re.M)) > 0 and groups > 0, (groups, evaluations)
