@@ -86,6 +86,24 @@ def test_missing_data_root_and_checkpoint_are_named(tmp_path):
     assert "no checkpoint at" in res.stdout + res.stderr and str(tmp_path / "deit.pth") in res.stdout + res.stderr
 
 
+def test_jobs_read_the_grid_without_torch():
+    """Every job re-parses the Snakefile; with the checks off (the main process ran them) the grid
+    must not import torch or timm, or each SLURM job pays seconds for it. The paths are the same."""
+    code = (
+        "import sys, yaml; from tocom.experiments import Grid; "
+        "c = yaml.safe_load(open('config/paper.yaml')); "
+        "g = Grid(c, check_files=False, check_geometry=False); "
+        "assert not {'torch', 'timm'} & set(sys.modules), sorted(m for m in sys.modules if m.startswith(('torch', 'timm'))); "
+        "print(len(g.finetunes), len(g.evals), sorted(g.final_outputs())[:3])"
+    )
+    light = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert light.returncode == 0, light.stderr[-2000:]
+    from tocom.experiments import Grid
+
+    full = Grid(yaml.safe_load((REPO / "config/paper.yaml").read_text()), check_files=False)
+    assert light.stdout.strip() == f"{len(full.finetunes)} {len(full.evals)} {sorted(full.final_outputs())[:3]}"
+
+
 @pytest.fixture
 def paper_data_root(tmp_path):
     for d in ("imagenet", "cifar100", "cub200", "stanford_cars", "stanford_dogs", "oxford_flowers102", "vtab-1k"):
