@@ -223,11 +223,16 @@ def _finetune(args):
 _finetune.configure = _configure_finetune
 
 
+def _eval_data_args(p, dataset_help):
+    """Data flags of the evaluation steps, whose dataset defaults to the one the checkpoint was tuned on."""
+    p.add_argument("--dataset", default=None, help=dataset_help)
+    p.add_argument("--data-root", default=None, help="where the dataset lives (default: its documented path)")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many samples (smoke runs)")
+
+
 def _configure_evaluate(p):
     p.add_argument("--checkpoint", required=True, help="fine-tuned model (.safetensors from `tocom finetune`)")
-    p.add_argument("--dataset", default=None, help="default: the dataset the checkpoint was fine-tuned on")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--limit", type=int, default=None)
+    _eval_data_args(p, "default: the dataset the checkpoint was fine-tuned on")
     p.add_argument("--targets", nargs="+", type=int, required=True, metavar="R", help="target degrees")
     p.add_argument("--plugin", nargs="+", default=[], metavar="[LABEL=]PATH",
                    help="ToCom plugins (.safetensors), optionally labelled (e.g. shared=plugins/shared.safetensors); "
@@ -272,10 +277,8 @@ def _configure_transfer(p):
     p.add_argument("--model-b", required=True, help="M_0^B: fine-tuned on B at r = 0")
     p.add_argument("--high-a", required=True, help="M_16^A: fine-tuned on A at the high degree")
     p.add_argument("--low-a", required=True, help="M_0^A: fine-tuned on A at r = 0")
-    p.add_argument("--dataset", default=None, help="B (default: the dataset of --model-b)")
-    p.add_argument("--data-root", default=None)
+    _eval_data_args(p, "B (default: the dataset of --model-b)")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None)
     p.add_argument("--target-r", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=256)
     _run_args(p)
