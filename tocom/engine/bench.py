@@ -50,27 +50,29 @@ def bench(model_name: str = "deit_base_patch16_224", method: str = "tome", rs: S
     size = model.patch_embed.img_size
     x = torch.randn(batch_size, 3, *size, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
-    # Warm up at every r before timing any: the first steps of a process (allocator growth, kernel
-    # selection, autograd set-up) are slow and would otherwise all be charged to the first r.
+    # Warm up at every r before timing any (the first steps of a process, allocator growth, kernel
+    # selection, autograd set-up, would otherwise be charged to the first r), then time the degrees
+    # round-robin, so a slow spell of a shared machine hits every r alike instead of one.
     with autocast:
         for r in rs:
             set_r(model, r)
             for _ in range(warmup):
                 _step(model, x, mode, optimizer)
-    rows = []
-    for r in tqdm(rs, desc=f"bench {model_name} {method} {mode}", disable=not progress):
-        set_r(model, r)
-        times = []
-        with autocast:
-            for _ in range(repeats):
+    times = {r: [] for r in rs}
+    with autocast:
+        for _ in tqdm(range(repeats), desc=f"bench {model_name} {method} {mode}", disable=not progress):
+            for r in rs:
+                set_r(model, r)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 _step(model, x, mode, optimizer)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-        ips = [batch_size / t for t in times]
+                times[r].append(time.perf_counter() - t0)
+    rows = []
+    for r in rs:
+        ips = [batch_size / t for t in times[r]]
         rows.append(dict(model=model_name, method=method, r=r, mode=mode, device=device.type,
                          threads=torch.get_num_threads(), batch_size=batch_size, repeats=repeats,
                          images_per_s=statistics.median(ips), images_per_s_std=statistics.pstdev(ips),
