@@ -350,11 +350,13 @@ def test_every_item_survives_a_sparse_grid(tmp_path):
 def test_bad_report_section_stops_before_any_job(tmp_path, change, message):
     import subprocess
 
+    from test_workflow import our_lines
+
     config = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
     change(config["report"])
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(path)], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
-    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    lines = our_lines(res)
     assert res.returncode != 0 and len(lines) == 1 and lines[0].startswith("config error: ") and message in lines[0], lines

@@ -23,6 +23,12 @@ def snakemake(*args, cwd=REPO, timeout=900, **kw):
                           timeout=timeout, **kw)
 
 
+def our_lines(res) -> list[str]:
+    """Non-empty output lines, without Snakemake's banner naming the profiles it applied."""
+    return [line for line in (res.stdout + res.stderr).splitlines()
+            if line.strip() and not re.match(r"Using (workflow specific )?profiles? ", line)]
+
+
 def smoke_config(**changes) -> dict:
     config = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
     config.update(changes)
@@ -70,7 +76,7 @@ def test_bad_config_stops_before_any_job_with_one_line(tmp_path, change, message
     change(config)
     res = snakemake("-n", "--configfile", str(write(config, tmp_path / "c.yaml")))
     assert res.returncode != 0
-    lines = [l for l in (res.stdout + res.stderr).splitlines() if l.strip()]
+    lines = our_lines(res)
     assert len(lines) == 1 and lines[0].startswith("config error: "), lines
     assert "Traceback" not in lines[0] and "rule " not in res.stdout
     if message:
