@@ -320,23 +320,24 @@ VTAB_HOW = (
 def build_vtab(spec, root: str, split: str, seed: int):
     """root/<task>/{train800,val200,train800val200,test}.txt with 'relative/path label' lines."""
     task = spec.name.split("/", 1)[1]
+    how = spec.how_to_get or VTAB_HOW  # generated tasks (fmnist_vtab/*) say how to generate them
     task_dir = os.path.join(root, task)
     if not os.path.isdir(task_dir) and os.path.isfile(os.path.join(root, VTAB_SPLIT_FILES[split])):
         task_dir = root  # root already points at the task folder
     list_path = os.path.join(task_dir, VTAB_SPLIT_FILES[split])
-    require_file(list_path, "a VTAB-1k split list with one 'relative/path label' per line", VTAB_HOW)
+    require_file(list_path, "a VTAB-1k split list with one 'relative/path label' per line", how)
     paths, targets = [], []
     try:
         with open(list_path, encoding="utf-8") as f:
             lines = f.readlines()
     except UnicodeDecodeError as e:
-        raise data_error(list_path, f"UTF-8 text with one 'relative/path label' per line (byte {e.start} is not)", VTAB_HOW) from None
+        raise data_error(list_path, f"UTF-8 text with one 'relative/path label' per line (byte {e.start} is not)", how) from None
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         parts = line.strip().rsplit(None, 1)
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise data_error(f"{list_path} line {i + 1}", "'relative/path label' with an integer label", VTAB_HOW)
+            raise data_error(f"{list_path} line {i + 1}", "'relative/path label' with an integer label", how)
         paths.append(os.path.join(task_dir, parts[0]))
         targets.append(int(parts[1]))
-    return FileListDataset(spec.name, split, paths, targets, spec.num_classes, VTAB_HOW)
+    return FileListDataset(spec.name, split, paths, targets, spec.num_classes, how)

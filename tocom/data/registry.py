@@ -17,7 +17,7 @@ from typing import Callable
 
 from tocom.errors import TocomError
 
-from . import folders, small, synthetic
+from . import fmnist_tasks, folders, small, synthetic
 from .base import TocomDataset, stratified_pick
 from .transforms import TRAIN_SPLITS, TRANSFORMS, build_transform
 
@@ -131,6 +131,20 @@ _register(DatasetSpec(
     how_to_get="ships with scikit-learn (pip install scikit-learn); no download", default_transform="small",
     builder=small.build_digits, needs_root=False,
 ))
+for _task, _t in fmnist_tasks.TASKS.items():
+    _register(DatasetSpec(
+        name=f"{fmnist_tasks.FAMILY}/{_task}", num_classes=_t.num_classes, group=_t.group,
+        default_root=f"data/{fmnist_tasks.FAMILY}",
+        layout=f"VTAB-1k layout written by 'tocom make-tasks' (tocom/data/fmnist_tasks.py): root/{_task}/images/"
+        f"{{train,val,test}}/NNNNN.png (56x56 grayscale) plus root/{_task}/train800.txt, val200.txt, "
+        "train800val200.txt and test.txt, one 'relative/path label' per line (paths relative to the task folder); "
+        f"root may also point at the task folder itself. Task: {_t.description}. Default sizes train 800, val 200, "
+        "trainval 1000, test 500; items of train/val come from Fashion-MNIST t10k images [0, 5000), of test from "
+        "[5000, 10000) (none from the pre-training train file).",
+        how_to_get=f"generate it with 'tocom make-tasks --out data/{fmnist_tasks.FAMILY}' (the workflow's tasks rule "
+        "does this)",
+        default_transform="small", builder=folders.build_vtab,
+    ))
 for _name, (_fn, _k, _group, (_ntr, _nva, _nte)) in synthetic.SYNTH_TASKS.items():
     _register(DatasetSpec(
         name=_name, num_classes=_k, group=_group, default_root=None,
