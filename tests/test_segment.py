@@ -441,3 +441,157 @@ def test_segment_finetune_then_evaluate_give_miou_per_target_plain_and_with_toco
     # a step-8 plugin refuses degrees between its steps, in one line
     assert main(["segment-evaluate", "--checkpoint", str(seg), "--targets", "4", "--plugin", str(plugin),
                  "--limit", "2", *common, "--out", str(tmp_path / "bad.csv")]) == 2
+
+
+# ----------------------------------------------------------------------------- segment-finetune runs on common.fit:
+# resumable, one writer per output (tiny sizes: 10 scenes of 56 px, batch 4 -> 2 steps a pass, 5 iterations ->
+# passes of 2, 2 and 1 steps)
+
+class _Scenes(torch.utils.data.Dataset):
+    """Random scenes with a random horizontal flip (global torch RNG, like Segmenter's transform)."""
+
+    def __init__(self, n=10, n_cls=4):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 3, 56, 56, generator=g)
+        self.y = torch.randint(0, n_cls, (n, 56, 56), generator=g)
+        self.y[:, :4] = 255                                   # ignored rows
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        x, y = self.x[i], self.y[i]
+        if float(torch.rand(())) < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        return x, y
+
+
+SEG = dict(iterations=5, batch_size=4, lr=0.05, crop_size=56, decoder_depth=1)
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL at an exact point."""
+
+
+def _seg_train(out, **overrides):
+    """segment_finetune of a fresh tiny Segmenter (drop path and decoder dropout on) at r = 2; its final weights."""
+    from safetensors.torch import load_file
+
+    from tocom.engine.segment import segment_finetune
+    from tocom.settings import RunSettings, SegmentSettings
+
+    torch.manual_seed(0)
+    model = create_segmenter("tocom_vit_tiny_patch8_56", n_cls=4, img_size=56, decoder_depth=1, embed_dim=48,
+                             num_heads=3)
+    segment_finetune(model, _Scenes(), out, 2, SegmentSettings(**{**SEG, **overrides}),
+                     RunSettings(device="cpu", quiet=True), record={"dataset": "scenes"})
+    return load_file(str(out))
+
+
+def _seg_killed_after_epoch_1(out, monkeypatch, **overrides):
+    """Run until the resume state of epoch 1 is on disk, then die there."""
+    from tocom.engine import common
+
+    real = common._save_resume
+
+    def save_then_die(out_, params, opt, epoch, stamp):
+        real(out_, params, opt, epoch, stamp)
+        if epoch == 1:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(common, "_save_resume", save_then_die)
+        with pytest.raises(Killed):
+            _seg_train(out, **overrides)
+    assert (out.parent / f"{out.name}.resume" / "state.pt").is_file() and not out.exists()
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def seg_straight(tmp_path_factory):
+    """An uninterrupted run, with the learning rate and optimizer of each of its steps, and its header."""
+    import json
+
+    from safetensors import safe_open
+
+    from tocom.engine.segment import HEADER
+
+    seen = []
+    real_step = torch.optim.SGD.step
+
+    def step(opt, *a, **k):
+        seen.append([(g["lr"], g["momentum"], g["weight_decay"]) for g in opt.param_groups])
+        return real_step(opt, *a, **k)
+
+    out = tmp_path_factory.mktemp("seg") / "straight.safetensors"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(torch.optim.SGD, "step", step)
+        weights = _seg_train(out)
+    with safe_open(str(out), framework="pt") as f:
+        meta = json.loads(f.metadata()[HEADER])
+    return weights, seen, meta, out
+
+
+def test_segment_finetune_keeps_segmenters_recipe(seg_straight):
+    """SGD, momentum 0.9, no weight decay, poly decay (power 0.9) to 0 over `iterations` steps, not whole passes."""
+    _, seen, meta, out = seg_straight
+    assert seen == [[(0.05 * (1 - i / 5) ** 0.9, 0.9, 0.0)] for i in range(5)]
+    assert meta["steps"] == 5 and meta["source_r"] == 2 and meta["settings"]["iterations"] == 5
+    assert not (out.parent / f"{out.name}.resume").exists() and not (out.parent / f"{out.name}.lock").exists()
+    assert (out.parent / f"{out.name}.json").is_file()
+
+
+def test_segment_finetune_killed_after_epoch_1_resumes_to_the_same_weights(tmp_path, seg_straight, monkeypatch,
+                                                                            capfd):
+    straight = seg_straight[0]
+    out = tmp_path / "seg.safetensors"
+    _seg_killed_after_epoch_1(out, monkeypatch)
+    capfd.readouterr()
+    resumed = _seg_train(out)
+    err = capfd.readouterr().err
+    assert "resuming seg.safetensors after epoch 1/3" in err and "discarding" not in err
+    assert "epoch 1/3" not in err.replace("after epoch 1/3", "")          # epoch 1 is not trained again
+    assert _same(resumed, straight)
+    assert not (tmp_path / "seg.safetensors.resume").exists() and not (tmp_path / "seg.safetensors.lock").exists()
+
+
+def test_segment_resume_state_from_other_settings_is_discarded(tmp_path, seg_straight, monkeypatch, capfd):
+    out = tmp_path / "seg.safetensors"
+    _seg_killed_after_epoch_1(out, monkeypatch, lr=0.1)                  # another learning rate
+    capfd.readouterr()
+    got = _seg_train(out)
+    err = capfd.readouterr().err
+    notes = [line for line in err.splitlines() if "resume state" in line]
+    assert len(notes) == 1 and "discarding the resume state" in notes[0] and "lr: 0.1 -> 0.05" in notes[0], err
+    assert "resuming" not in err
+    assert _same(got, seg_straight[0])
+
+
+LOCK_HOLDER = """
+import sys, time
+from tocom.engine.common import acquire_output_lock
+acquire_output_lock(sys.argv[1])
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_segment_second_writer_is_refused_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "seg.safetensors"
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(tocom.TocomError) as e:
+            _seg_train(out)
+        msg = str(e.value)
+        assert "\n" not in msg and "being written by another run" in msg and f"pid {holder.pid}" in msg, msg
+        assert not out.exists() and not (tmp_path / "seg.safetensors.resume").exists()   # the loser wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()

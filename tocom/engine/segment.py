@@ -4,7 +4,11 @@
 segmentation dataset at a source degree r with ToMe before each FFN / unmerged after it
 (`tome_ffn`) active, by Segmenter's ADE20K recipe (`SegmentSettings`: SGD momentum 0.9, poly decay
 power 0.9, no weight decay, batch 8, 160k iterations, 512 x 512 crops, cross-entropy ignoring 255).
-Whole model trained; the encoder starts from the (ImageNet) backbone checkpoint.
+Whole model trained; the encoder starts from the (ImageNet) backbone checkpoint. It runs the same
+`common.fit` loop as the classification engines, with a per-pixel cross-entropy as the loss and SGD /
+poly / a step budget as the recipe, so it resumes after a kill from the last finished epoch (state
+from other settings is discarded with one line), holds `<out>.lock` against a second writer, trains
+under DDP when launched by torchrun and in bf16 autocast on CUDA when AMP is on.
 
 `segment_evaluate`: single-scale mIoU at every target r, plain and with each ToCom plugin (applied to
 the encoder, merged into W_q/W_v), the plugin's s chosen per target on a held-out split the model
@@ -30,10 +34,10 @@ from torch import nn
 
 from ..compress import flops, max_r, patch, set_r
 from ..errors import TocomError
-from ..io import atomic_path, write_csv, write_json
+from ..io import atomic_path, write_csv
 from ..plugin import ToCom, compensate
 from ..settings import EvalSettings, RunSettings, SegmentSettings, splits_overlap
-from .common import loader, runtime, seed_everything
+from .common import Fit, Runtime, finish, fit, loader, runtime, seed_everything
 from .evaluate import choose_scale
 
 METHOD = "tome_ffn"
@@ -86,58 +90,59 @@ def load_segmenter(path: str | Path):
 
 
 # ---- training -------------------------------------------------------------------------------------
-def poly_lr(base: float, step: int, steps: int, power: float) -> float:
-    """Segmenter's (mmseg's) poly schedule, min lr 0: base x (1 - step / steps) ** power."""
-    return base * (1 - min(step, steps) / steps) ** power
+class PixelCrossEntropy(nn.Module):
+    """forward(images, labels) -> Segmenter's loss: cross-entropy over the pixels, `ignore_index` skipped."""
+
+    def __init__(self, model: nn.Module, ignore_index: int = 255):
+        super().__init__()
+        self.model, self.ignore_index = model, int(ignore_index)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.model(images).float(), labels, ignore_index=self.ignore_index)
+
+
+def segment_job(model: nn.Module, s: SegmentSettings, batches_per_epoch: int, r: int = 0) -> Fit:
+    """Segmenter's recipe as a `Fit`: SGD (momentum, no weight decay), poly decay to 0 over the run, no
+    warm-up; `s.epochs` passes over the data, or else `s.iterations` steps (the last pass cut short)."""
+    if s.epochs:
+        epochs, max_steps = s.epochs, None
+    else:
+        epochs, max_steps = -(-s.iterations // batches_per_epoch), s.iterations
+    return Fit(PixelCrossEntropy(model, s.ignore_index), epochs=epochs, lr=s.lr, weight_decay=s.weight_decay,
+               warmup_epochs=0.0, min_lr=0.0, optimizer="sgd", momentum=s.momentum, schedule="poly",
+               poly_power=s.poly_power, max_steps=max_steps, desc=f"segment r={r}")
 
 
 def segment_finetune(model: nn.Module, train_set, out: str | Path, r: int = 0, s: SegmentSettings | None = None,
-                     run: RunSettings | None = None, record: dict | None = None) -> nn.Module:
-    """Fine-tune a Segmenter (all weights) at source degree r with tome_ffn active; write it to `out`."""
+                     run: RunSettings | None = None, record: dict | None = None, rt: Runtime | None = None) -> nn.Module:
+    """Fine-tune a Segmenter (all weights) at source degree r with tome_ffn active; write it to `out`.
+
+    Resumable per epoch like every `fit` run: rerunning the same command after a kill continues from the
+    last finished epoch and ends with the weights of an uninterrupted run.
+    """
     s, run = s or SegmentSettings(), run or RunSettings()
     patch(model, METHOD)
     if not 0 <= r <= max_r(model):
         raise TocomError(f"source r {r} is outside what the encoder carries (0..{max_r(model)} with tome_ffn)")
     set_r(model, r)
-    rt = runtime(run.device, run.amp)
+    rt = rt or runtime(run.device, run.amp)
     seed_everything(run.seed)
     model.to(rt.device).train()
     data = loader(train_set, s.batch_size, rt, train=True, seed=run.seed, workers=run.workers)
     if len(data) == 0:
         raise TocomError(f"no training batch: {len(train_set)} images for batch size {s.batch_size}")
-    steps = s.epochs * len(data) if s.epochs else s.iterations
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    step, losses = 0, []
-    progress = not run.quiet
-    while step < steps:
-        for images, labels in data:
-            if step >= steps:
-                break
-            for g in opt.param_groups:
-                g["lr"] = poly_lr(s.lr, step, steps, s.poly_power)
-            images, labels = images.to(rt.device), labels.to(rt.device)
-            with rt.autocast():
-                logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels, ignore_index=s.ignore_index)
-            if not torch.isfinite(loss):
-                raise TocomError(f"segment-finetune: the loss became {loss.item()} at step {step}; lower the lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if progress and (step % max(1, steps // 10) == 0 or step == steps):
-                print(f"[segment] step {step}/{steps} loss {sum(losses[-10:]) / len(losses[-10:]):.4f}",
-                      file=sys.stderr)
-    model.eval()
+    job = segment_job(model, s, len(data), r)
+    steps = job.max_steps or job.epochs * len(data)
     enc = model.tocom_backbone
     meta = {"backbone": (getattr(enc, "pretrained_cfg", None) or {}).get("architecture", ""),
             "num_classes": model.n_cls, "img_size": model.img_size, "decoder_depth": len(model.decoder.blocks),
             "method": METHOD, "source_r": int(r), "split": s.split, "settings": s.asdict(), "seed": run.seed,
-            "steps": steps, "final_loss": losses[-1] if losses else None, **(record or {})}
-    save_segmenter(model, out, meta)
-    write_json(meta, Path(f"{out}.json"))
+            "steps": steps, **(record or {})}
+    fingerprint = {**s.fingerprint(), "method": METHOD, "r": int(r), "seed": run.seed,
+                   **{k: meta[k] for k in ("backbone", "num_classes", "img_size", "decoder_depth")}, **(record or {})}
+    fit(job, data, out, rt, run.seed, not run.quiet, fingerprint=fingerprint)
+    model.eval()
+    finish(Path(out), rt, lambda: save_segmenter(model, out, meta), record=meta)
     return model
 
 
