@@ -9,6 +9,7 @@ import importlib
 import itertools
 import json
 import math
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -134,7 +135,7 @@ def add_settings(config, tables):
     pd.DataFrame(search).to_csv(tables / "search.csv", index=False)
 
 
-ITEMS = ("claims", "fig2_source_target", "fig3_throughput", "table1_transfer", "fig5_inference",
+ITEMS = ("claims", "claims_at_scale", "fig2_source_target", "fig3_throughput", "table1_transfer", "fig5_inference",
          "table2_3_vtab_inference", "fig6_training", "table4_vtab_training", "table5_ablation", "table6_scale",
          "table7_rank", "fig7_table8_evit", "table_idle", "table9_deit_s", "table10_mae", "table11_segmentation", "setup_tables")
 
@@ -287,11 +288,14 @@ def test_two_seeds_give_intervals_and_paired_tests(tmp_path):
     _, tests = cells(ctx, "table5_ablation")
     t = tests[(tests.block == "0 → 16") & (tests.row == "ToCom (ours)")].iloc[0]
     tasks = [d for ds in VTAB.values() for d in ds]
-    gains = np.array([GAIN["tocom"] + TASK_GAIN[d] + 0.25 * 0 for d in tasks])
-    assert t.n_tasks == 4 and t["mean"] == pytest.approx(gains.mean())
-    assert t.p_wilcoxon == pytest.approx(stats.wilcoxon(gains).pvalue)
+    gains = np.array([GAIN["tocom"] + TASK_GAIN[d] for d in tasks] * 2)     # tasks × seeds: each one pair
+    assert (t.n_tasks, t.n_seeds, t.n_pairs) == (4, 2, 8) and t["mean"] == pytest.approx(gains.mean())
+    assert t.ci == pytest.approx(stats.t.ppf(0.975, 7) * gains.std(ddof=1) / math.sqrt(8))
+    assert t.p_wilcoxon == pytest.approx(stats.wilcoxon(gains, zero_method="wilcox").pvalue)
     assert t.p_ttest == pytest.approx(stats.ttest_1samp(gains, 0).pvalue)
-    assert "Wilcoxon p" in (ctx.report_dir / "table5_ablation.md").read_text()
+    md = (ctx.report_dir / "table5_ablation.md").read_text()
+    assert "Wilcoxon p" in md and "Paired test of the gain across tasks × seeds (each (dataset, seed) one pair" in md
+    assert re.search(r"\| ToCom \(ours\) +\| +8 \| 4 × 2 +\| \+2\.88 ± ", md)
 
 
 def test_setup_tables_come_from_the_config_and_assemble_in_paper_order(tmp_path):
@@ -309,8 +313,8 @@ def test_setup_tables_come_from_the_config_and_assemble_in_paper_order(tmp_path)
     assert ds.loc["vtab/eurosat", "role"] == "VTAB-1k Specialized" and str(ds.loc["cub200", "test evaluated"]) == "100"
     text = importlib.import_module("assemble").make(ctx)
     assert (ctx.report_dir.parent / "report.md").read_text() == text
-    order = ["The paper's claims", "Fig. 2", "Fig. 3", "Table 1:", "Fig. 5", "Table 2:", "Table 3:", "Fig. 6",
-             "Table 4:", "Table 5:",
+    order = ["The paper's claims", "Claims at this scale", "Fig. 2", "Fig. 3", "Table 1:", "Fig. 5", "Table 2:",
+             "Table 3:", "Fig. 6", "Table 4:", "Table 5:",
              "Table 6:", "Table 7:", "Fig. 7", "Table 8:", "IdleViT table", "Table 9:", "Table 10:", "Table 12:",
              "Table 13:", "Table 13 (searches)", "Table 14:"]
     positions = [text.index(f"### {o}") for o in order]
@@ -693,3 +697,226 @@ def test_gpu_hour_estimate_recalibrates_on_measured_jobs():
     assert overall == pytest.approx(7.0 / 11.0) and stray == 1
     assert cal.loc["evaluate", "measured_hours"] == pytest.approx(2.0 * 7.0 / 11.0)  # no job ran: overall ratio
     assert cal.loc["evaluate", "measured_jobs"] == 0
+
+
+# ---- claims at this scale: verdicts ---------------------------------------------------------------------
+PLANTED_TASKS = {"natural": ["vtab/cifar", "vtab/dtd"], "specialized": ["vtab/eurosat", "vtab/resisc45"],
+                 "structured": ["vtab/clevr_count", "vtab/dmlab"]}
+PLANTED_VARIANTS = ("tocom", "shared", "cls", "no_inversion", "h1", "h4", "h8", "s1", "s0.01")
+
+
+def planted(root: Path, gains: dict | None = None, noise: float = 0.3, drop=None, rng_seed: int = 0,
+            transfer: float | None = None) -> common.Ctx:
+    """A main role (deit_b/tome) with 6 VTAB-1k tasks × 3 seeds at sources 0, 16 and targets 0, 8, 12, 16: plain
+    top-1 falls 0.25 per degree of mismatch; each plugin adds gains[variant] (default +2.0); every number carries
+    Gaussian noise (sd `noise`). `drop(eval frame) -> mask` removes rows; `transfer`: Table 1 rows with that Δ."""
+    rng = np.random.default_rng(rng_seed)
+    gains = {v: 2.0 for v in PLANTED_VARIANTS} | (gains or {})
+    config = copy.deepcopy(PAPER)
+    config.update(name="fab", scale="smoke", seeds=[0, 1, 2])
+    config["report"]["cifar_fgvc"] = []
+    config["report"]["vtab_groups"] = copy.deepcopy(PLANTED_TASKS)
+    tasks = [d for ds in PLANTED_TASKS.values() for d in ds]
+    rows, same = [], dict(backbone="deit_base_patch16_224", method="tome", n=100, backbone_key="deit_b",
+                          split="test", checkpoint="final")
+    for i, (d, seed, s, t) in enumerate(itertools.product(tasks, (0, 1, 2), (0, 16), (0, 8, 12, 16))):
+        plain = 60.0 + 3 * tasks.index(d) + seed - 0.25 * abs(s - t) + rng.normal(0, noise)
+        rows.append(dict(same, dataset=d, seed=seed, source_r=s, target_r=t, tocom=0, variant=None, s=None,
+                         selected=False, top1=plain))
+        for v in PLANTED_VARIANTS if s != t else ():
+            rows.append(dict(same, dataset=d, seed=seed, source_r=s, target_r=t, tocom=1, variant=v, s=0.1,
+                             selected=True, top1=plain + gains[v] + rng.normal(0, noise)))
+    ev = pd.DataFrame(rows)
+    if drop is not None:
+        ev = ev[~drop(ev)]
+    tables = root / "results/fab/tables"
+    tables.mkdir(parents=True)
+    ev.to_csv(tables / "eval.csv", index=False)
+    if transfer is not None:
+        pd.DataFrame([dict(dataset=b, backbone="deit_base_patch16_224", method="tome", model=m, target_r=16,
+                           seed=seed, top1=70.0 + seed + (transfer if m != "M0_B" else 0.0) + rng.normal(0, noise),
+                           n=100, backbone_key="deit_b", a="cifar100", high_r=16)
+                      for b in ("cub200", "stanford_cars") for seed in (0, 1, 2)
+                      for m in ("M0_B", "M16_A-M0_A+M0_B")]).to_csv(tables / "transfer.csv", index=False)
+    return common.Ctx(config, tables, root / "results/fab/report", root / "figures/fab")
+
+
+def verdicts(ctx) -> pd.DataFrame:
+    run("claims_at_scale", ctx)
+    df = pd.read_csv(ctx.report_dir / "claims_at_scale.csv", keep_default_na=False, na_values=[""])
+    assert list(df.columns[:len(common.CSV_COLUMNS)]) == common.CSV_COLUMNS
+    return df
+
+
+def verdict(df, block_start, row_start="") -> pd.Series:
+    rows = df[(df.kind == "claim") & df.block.str.startswith(block_start) & df.row.str.startswith(row_start)]
+    assert len(rows) == 1, (block_start, row_start, df[["block", "row"]])
+    return rows.iloc[0]
+
+
+def test_claims_at_scale_a_planted_large_gain_holds(tmp_path):
+    ctx = planted(tmp_path, gains={"tocom": 3.0}, transfer=1.5)
+    df = verdicts(ctx)
+    for claim in ("2 ", "3 "):
+        v = verdict(df, claim)
+        assert v.verdict == "holds" and v.n_pairs == 18 and (v.n_tasks, v.n_seeds) == (6, 3)
+        assert v["mean"] == pytest.approx(3.0, abs=0.3) and v.p_wilcoxon < 0.05 and v.ci > 0
+    drop = verdict(df, "1 ", "plain 0 → 16 − plain 16 → 16")          # the mismatch costs 0.25 × 16 = 4 points
+    assert drop.verdict == "holds" and drop["mean"] == pytest.approx(-4.0, abs=0.3) and drop.expected == "< 0"
+    assert verdict(df, "1 ", "plain 16 → 0").verdict == "holds"
+    for ablation in ("Shared LoRA", "CLS loss", "No inversion"):       # ToCom 3.0 vs 2.0 each
+        assert verdict(df, f"6 The full ToCom beats its ablation: {ablation}").verdict == "holds"
+    t = verdict(df, "5 ")                                               # 2 datasets × 3 seeds, all Δ > 0
+    assert t.verdict == "holds" and t.n_pairs == 6 and t.p_wilcoxon == pytest.approx(2 / 2 ** 6)
+    assert verdict(df, "4 ").row.endswith("0 → 8")                     # the middle target: closest to 16 / 2
+    md = (ctx.report_dir / "claims_at_scale.md").read_text()
+    assert "**holds**: the mean difference is in the paper's direction and the Wilcoxon p < 0.05" in md
+    assert (ctx.report_dir / "claims_at_scale.tex").read_text().startswith(r"\begin{table}")
+
+
+def test_claims_at_scale_b_zero_gain_with_noise_is_not_significant(tmp_path):
+    ctx = planted(tmp_path, gains={"tocom": 0.0}, noise=0.5)
+    df = verdicts(ctx)
+    for claim in ("2 ", "3 "):
+        v = verdict(df, claim)
+        assert v.verdict == "not significant" and v.n_pairs == 18 and v.p_wilcoxon >= 0.05
+        assert v["mean"] != 0 and abs(v["mean"]) < v.ci                  # noise: the interval covers zero
+    assert verdict(df, "4 ").verdict == "not significant"             # no gain, so no gap dependence
+
+
+def test_claims_at_scale_c_negative_gain_does_not_hold(tmp_path):
+    ctx = planted(tmp_path, gains={"tocom": -2.0})
+    df = verdicts(ctx)
+    v = verdict(df, "2 ")
+    assert v.verdict == "does not hold" and v["mean"] == pytest.approx(-2.0, abs=0.3) and v.p_wilcoxon < 0.05
+    assert "opposite direction" in v.reason
+    assert verdict(df, "6 The full ToCom beats its ablation: CLS loss").verdict == "does not hold"   # −2 < +2
+
+
+def test_claims_at_scale_d_missing_rows_are_not_in_this_run(tmp_path):
+    ctx = planted(tmp_path, drop=lambda ev: (ev.source_r == 16) & (ev.target_r == 0) & (ev.tocom == 1))
+    ctx.report["variants"]["ablation"] = []
+    df = verdicts(ctx)
+    absent = {"3 ": "`studies`", "5 ": "`transfer`", "6 ": "`report.variants.ablation`",
+              "8 ToCom improves EViT": "method evit", "8 ToCom improves IdleViT": "method idle"}
+    for claim, where in absent.items():
+        v = verdict(df, claim)
+        assert v.verdict == "not in this run" and v.n_pairs == 0 and pd.isna(v["mean"]) and where in v.reason, claim
+    assert verdict(df, "2 ").verdict == "holds"                         # 0 → 16 is still there
+    md = (ctx.report_dir / "claims_at_scale.md").read_text()
+    assert "- Claim 5 The source-degree gap transfers across tasks" in md
+    assert "(Sec. 3.2, Table 1): not in this run: the config's `transfer` section is empty" in md
+    ctx.report.pop("evit")                                               # a role the config does not declare
+    assert "no `report.evit` role" in verdict(verdicts(ctx), "8 ToCom improves EViT").reason
+
+
+def test_claims_at_scale_e_rank_insensitivity_flips_with_one_bad_rank(tmp_path):
+    ctx = planted(tmp_path / "same")
+    df = verdicts(ctx)
+    h = verdict(df, "7a")
+    assert h.verdict == "holds" and h.n_pairs == 18 and abs(h["mean"]) < 1.0 and h.p_wilcoxon >= 0.05
+    details = df[(df.kind == "detail") & df.block.str.startswith("7a")]
+    assert list(details.row) == ["h = 1 − h = 2 (ours)", "h = 4 − h = 2 (ours)", "h = 8 − h = 2 (ours)"]
+    assert (details.p_wilcoxon >= 0.05).all() and h.p_wilcoxon == pytest.approx(details.p_wilcoxon.min())
+    assert verdict(df, "7b").verdict == "holds"
+
+    worse = verdicts(planted(tmp_path / "worse", gains={"h1": 2.0 - 3.0}))
+    h = verdict(worse, "7a")
+    assert h.verdict == "does not hold" and "significant difference: h = 1" in h.reason
+    assert "largest absolute Δ: h = 1" in h.row and h["mean"] == pytest.approx(-3.0, abs=0.3)
+    assert verdict(worse, "7b").verdict == "holds"                      # the s claim is untouched
+
+
+def test_claims_at_scale_insensitivity_rule_edges():
+    """The insensitivity rule on hand-made differences: any significant difference (however small) fails it;
+    no significant difference but a mean |Δ| of 1 point or more, or too few pairs, is `not significant`."""
+    cas = importlib.import_module("claims_at_scale")
+    index = pd.MultiIndex.from_product([[f"t{i}" for i in range(6)], [0, 1, 2]], names=["dataset", "seed"])
+
+    def diffs(*values):
+        return pd.Series(np.tile(values, 6), index=index)
+
+    def rule(**variants):
+        tests = {k: common.pair_test(v) for k, v in variants.items()}
+        return cas.insensitive(cas.Claim("7", "x", "≈ 0"), tests, "absent", None)
+
+    small = diffs(0.2, -0.1, 0.05)                    # mean +0.05, p ≈ 0.2
+    assert rule(a=small).verdict == "holds"
+    consistent = diffs(0.3, 0.2, 0.25)                # mean +0.25 but every pair positive
+    c = rule(a=small, b=consistent)
+    assert c.verdict == "does not hold" and c.reason == "significant difference: b"
+    wide = diffs(10.0, -8.0, 1.6)                     # mean +1.2, p ≈ 0.2
+    assert common.pair_test(wide)["p_wilcoxon"] >= 0.05
+    w = rule(a=small, b=wide)
+    assert w.verdict == "not significant" and "absolute Δ of b is 1.20 ≥ 1 point" in w.reason
+    f = rule(a=small, b=pd.Series([0.1, -0.2, 0.3], index=index[:3]))
+    assert f.verdict == "not significant" and f.reason.startswith("too few pairs: b")
+    assert rule().verdict == "not in this run"
+
+
+# ---- Snakemake's own report -----------------------------------------------------------------------------
+FLAGS = """
+import json
+from pathlib import Path
+
+from snakemake.api import SnakemakeApi
+from snakemake.io import get_flag_value, is_flagged
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+    wf = api.workflow(ResourceSettings(), ConfigSettings(configfiles=[Path("config/smoke.yaml")]),
+                      snakefile=Path("Snakefile"), workdir=Path("."))
+    w = wf._workflow                      # the parsed workflow; no DAG is built
+    rules = {}
+    for rule in w.rules:
+        outs = []
+        for f in rule.output:
+            flag = get_flag_value(f, "report") if is_flagged(f, "report") else None
+            caption = flag.caption.get_path_or_uri(secret_free=True) if flag and flag.caption else None
+            outs.append({"file": str(f), "report": flag is not None, "caption": caption,
+                         "category": flag and flag.category, "labels": flag and flag.labels})
+        rules[rule.name] = {"script": rule.script, "output": outs}
+    text = w.report_text.get_path_or_uri(secret_free=True) if w.report_text else None
+    print(json.dumps({"report_text": text, "rules": rules}))
+"""
+
+
+@pytest.mark.slow
+def test_smoke_report_rules_flag_every_table_and_figure_for_snakemakes_report():
+    """Through Snakemake's API (workflow parsed, no DAG): every report item's .md/.csv/.png is flagged with
+    report(), a category and an existing caption that renders as reStructuredText; .tex/.pdf are not; the global
+    description is declared; every item the assembler includes is in the HTML report."""
+    import subprocess
+    import warnings
+
+    import jinja2
+    from docutils.core import publish_parts
+
+    res = subprocess.run([sys.executable, "-c", FLAGS], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    flags = json.loads(res.stdout.strip().splitlines()[-1])
+    assert Path(flags["report_text"]).resolve() == REPO / "workflow/report/workflow.rst"
+    items = {name: r for name, r in flags["rules"].items()
+             if (r["script"] or "").startswith("../scripts/report/") and name != "assemble_report"}
+    assert "claims_at_scale" in items and set(items) == set(ITEMS)
+    flagged = set()
+    for name, r in items.items():
+        for out in r["output"]:
+            path = Path(out["file"])
+            if path.suffix in (".md", ".csv", ".png"):
+                assert out["report"] and out["category"], out
+                caption = Path(out["caption"]).resolve()
+                assert caption == REPO / "workflow/report" / f"{path.stem}.rst" and caption.exists(), out
+                assert set(out["labels"]) == {"item", "file"}, out
+                flagged.add(path.stem)
+            else:
+                assert path.suffix in (".tex", ".pdf") and not out["report"], out
+    stems = {s for _, group in importlib.import_module("assemble").SECTIONS for s in group}
+    assert stems == flagged
+    config = SimpleNamespace(config={"name": "smoke", "scale": "smoke"})
+    for rst in sorted((REPO / "workflow/report").glob("*.rst")):
+        text = jinja2.Template(rst.read_text()).render(snakemake=config)
+        with warnings.catch_warnings():          # docutils' notice about the argument Snakemake itself uses
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            publish_parts(text, writer_name="html", settings_overrides={"halt_level": 2, "report_level": 5})
+    assert {p.stem for p in (REPO / "workflow/report").glob("*.rst")} == flagged | {"workflow"}

@@ -1,7 +1,12 @@
 # Stage 8: every table and figure of the paper from the tidy tables, then one assembled report.
 # One rule per item; each reads result tables (and the paper's numbers) only, never models.
 # Which results feed which item is the config's `report` section (roles, dataset lists, degrees).
+# The items' .md/.csv/.png are also flagged for Snakemake's own HTML report (after a finished run:
+# `snakemake --report report.html` with the same --configfile): one category per paper section, one
+# caption per item under workflow/report/ (paths relative to this file, as Snakemake resolves them).
 from pathlib import Path
+
+report: "../report/workflow.rst"
 
 REPORT_DIR = f"{OUT}/report"
 FIG_DIR = f"figures/{config['name']}"
@@ -31,13 +36,53 @@ def _check_report(cfg):
 _check_report(config)
 
 
+# Snakemake's HTML report: item stem -> (category, subcategory); every item needs workflow/report/<stem>.rst.
+REPORT_ITEMS_HTML = {
+    "claims": ("Claims", "Claims in the paper's text"),
+    "claims_at_scale": ("Claims", "Claims at this scale (verdicts)"),
+    "fig2_source_target": ("Motivation", "Fig. 2: source vs target r"),
+    "fig3_throughput": ("Motivation", "Fig. 3: throughput"),
+    "table1_transfer": ("Motivation", "Table 1: transfer across tasks"),
+    "fig5_inference": ("Main results", "Fig. 5: inference-time acceleration"),
+    "fig6_training": ("Main results", "Fig. 6: training-time acceleration"),
+    "table2_vtab_natural_specialized": ("VTAB-1k", "Table 2: Natural and Specialized"),
+    "table3_vtab_structured": ("VTAB-1k", "Table 3: Structured"),
+    "table4_vtab_training": ("VTAB-1k", "Table 4: training-time acceleration"),
+    "table5_ablation": ("Ablations", "Table 5: components"),
+    "table6_scale": ("Ablations", "Table 6: training scale s"),
+    "table7_rank": ("Ablations", "Table 7: LoRA rank h"),
+    "fig7_evit": ("Other compression", "Fig. 7: EViT"),
+    "table8_evit": ("Other compression", "Table 8: EViT"),
+    "fig_idle": ("Other compression", "IdleViT figure"),
+    "table_idle": ("Other compression", "IdleViT table"),
+    "table9_deit_s": ("Other backbones", "Table 9: DeiT-S"),
+    "table10_mae": ("Other backbones", "Table 10: MAE"),
+    "table11_segmentation": ("Segmentation", "Table 11: Segmenter"),
+    "table12_backbones": ("Set-up", "Table 12: backbones"),
+    "table13_hparams": ("Set-up", "Table 13: hyper-parameters"),
+    "table13_search": ("Set-up", "Table 13: searches"),
+    "table14_datasets": ("Set-up", "Table 14: datasets"),
+    "setup_degrees": ("Set-up", "Compression degrees"),
+}
+REPORT_FILE_KINDS = {"md": "table (Markdown)", "csv": "numbers (CSV)", "png": "figure (PNG)"}
+
+
+def in_report(path, stem, ext):
+    """An item's output, flagged for Snakemake's HTML report when it is a .md, .csv or .png."""
+    if ext not in REPORT_FILE_KINDS:
+        return path                         # .tex and .pdf: for the paper, not the HTML report
+    category, subcategory = REPORT_ITEMS_HTML[stem]
+    return report(path, caption=f"../report/{stem}.rst", category=category, subcategory=subcategory,
+                  labels={"item": subcategory, "file": REPORT_FILE_KINDS[ext]})
+
+
 def table_files(*stems):
-    return [f"{REPORT_DIR}/{s}.{ext}" for s in stems for ext in ("md", "tex", "csv")]
+    return [in_report(f"{REPORT_DIR}/{s}.{ext}", s, ext) for s in stems for ext in ("md", "tex", "csv")]
 
 
 def figure_files(*stems):
-    return [f"{REPORT_DIR}/{s}.{ext}" for s in stems for ext in ("md", "csv")] + \
-        [f"{FIG_DIR}/{s}.{ext}" for s in stems for ext in ("png", "pdf")]
+    return [in_report(f"{REPORT_DIR}/{s}.{ext}", s, ext) for s in stems for ext in ("md", "csv")] + \
+        [in_report(f"{FIG_DIR}/{s}.{ext}", s, ext) for s in stems for ext in ("png", "pdf")]
 
 
 REPORT_PARAMS = dict(config=config, tables=TABLES, report_dir=REPORT_DIR, fig_dir=FIG_DIR)
@@ -182,8 +227,17 @@ rule claims:
     script: "../scripts/report/claims.py"
 
 
-REPORT_ITEMS = [rules.claims, rules.fig2_source_target, rules.fig3_throughput, rules.table1_transfer,
-                rules.fig5_inference, rules.table2_3_vtab_inference, rules.fig6_training, rules.table4_vtab_training,
+rule claims_at_scale:
+    input: EVAL, TRANSFER, helpers=HELPERS,
+           labels=str(Path(workflow.basedir) / "workflow" / "scripts" / "report" / "table5_ablation.py")
+    output: table_files("claims_at_scale")
+    params: **REPORT_PARAMS
+    localrule: True
+    script: "../scripts/report/claims_at_scale.py"
+
+
+REPORT_ITEMS = [rules.claims, rules.claims_at_scale, rules.fig2_source_target, rules.fig3_throughput,
+                rules.table1_transfer, rules.fig5_inference, rules.table2_3_vtab_inference, rules.fig6_training, rules.table4_vtab_training,
                 rules.table5_ablation, rules.table6_scale, rules.table7_rank, rules.fig7_table8_evit, rules.table_idle,
                 rules.table9_deit_s, rules.table10_mae, rules.table11_segmentation, rules.setup_tables]
 

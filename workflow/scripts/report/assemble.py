@@ -3,7 +3,7 @@ only ever assembled (rerun the workflow to change it), never edited."""
 from common import Ctx, ROLE_TITLES, write_text
 
 SECTIONS = [
-    ("The paper's claims in its text", ["claims"]),
+    ("The paper's claims: in its text, and at this scale", ["claims", "claims_at_scale"]),
     ("3 Motivation: the mismatch, its cost, and its transferability",
      ["fig2_source_target", "fig3_throughput", "table1_transfer"]),
     ("5.2 Inference-time acceleration of off-the-shelf models",

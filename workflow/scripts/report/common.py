@@ -13,7 +13,8 @@ so Snakemake's `script:` directive runs it and the tests call `make` on a fabric
 
 Every item writes one tidy CSV (columns CSV_COLUMNS): `kind=cell` rows are the numbers of the table
 or figure (mean over seeds, 95 % t half-width, seeds, tasks, the paper's value and ours − paper when
-the run's scale is `paper`); `kind=test` rows are paired tests of a gain across tasks.
+the run's scale is `paper`); `kind=test` rows are paired tests of a gain across tasks × seeds (each
+(dataset, seed) one pair; `n_pairs` pairs, mean difference ± 95 % t half-width over the pairs).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from tocom.io import write_csv, write_text
 GROUPS = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}
 NOT_IN_GRID = "not in this run's grid"
 CSV_COLUMNS = ["kind", "block", "row", "column", "mean", "ci", "n_seeds", "n_tasks", "paper", "diff_paper",
-               "p_wilcoxon", "p_ttest"]
+               "p_wilcoxon", "p_ttest", "n_pairs"]
 ROLE_TITLES = {"main": "main", "evit": "EViT", "idle": "IdleViT", "small": "DeiT-S role", "mae": "MAE role"}
 
 
@@ -89,25 +90,51 @@ def gain_of(base: pd.DataFrame, other: pd.DataFrame, need=None) -> Stat:
     return stat(diff.mean(axis=0), len(diff)) if complete(diff, need) else Stat()
 
 
-def paired_test(base: pd.DataFrame, other: pd.DataFrame) -> dict:
-    """Paired test of (other − base) across tasks (each task's mean over seeds): Wilcoxon signed-rank
-    and paired t. Not reported in the paper."""
-    a, b = by_task(base).mean(axis=1), by_task(other).mean(axis=1)
-    both = pd.concat([a.rename("a"), b.rename("b")], axis=1).dropna()
-    out = {"n_tasks": len(both), "mean": float((both.b - both.a).mean()) if len(both) else math.nan,
-           "p_wilcoxon": math.nan, "p_ttest": math.nan}
-    d = (both.b - both.a).to_numpy()
-    if len(d) >= 2 and np.any(d != 0):
+MIN_PAIRS = 6        # fewer (dataset, seed) pairs: "too few pairs" (Wilcoxon cannot reach p < 0.05 below 6)
+ALPHA = 0.05
+PAIRING = ("each (dataset, seed) one pair: the same fine-tuned model with and without the change; Wilcoxon "
+           "signed-rank (two-sided, zero differences dropped) and paired t over the pairs, mean difference ± "
+           f"95 % t interval over the pairs; fewer than {MIN_PAIRS} pairs: too few pairs")
+
+
+def pair_diffs(base: pd.DataFrame, other: pd.DataFrame) -> pd.Series:
+    """(other − base) top-1 per (dataset, seed) present in both: the observations of a paired test."""
+    if base.empty or other.empty:
+        return pd.Series(dtype=float, index=pd.MultiIndex.from_tuples([], names=["dataset", "seed"]))
+    a = base.groupby(["dataset", "seed"]).top1.mean()
+    b = other.groupby(["dataset", "seed"]).top1.mean()
+    return (b - a).dropna()
+
+
+def pair_test(diffs: pd.Series) -> dict:
+    """Paired test over tasks × seeds: `diffs` holds one difference per (dataset, seed) (index levels `dataset`,
+    `seed`). Two-sided Wilcoxon signed-rank (zero_method "wilcox": zero differences dropped), paired t (a
+    one-sample t of the differences), and the mean difference with the half-width of its 95 % t interval.
+    `too_few`: fewer than MIN_PAIRS pairs. Not reported in the paper."""
+    diffs = diffs.dropna()
+    d = diffs.to_numpy(dtype=float)
+    n = len(d)
+    names = list(diffs.index.names) if n else []
+    level = (lambda k: diffs.index.get_level_values(k).nunique() if k in names else 0)
+    s = stat(d)
+    out = {"n_pairs": n, "n_tasks": level("dataset"), "n_seeds": level("seed"), "mean": s.mean, "ci": s.ci,
+           "p_wilcoxon": math.nan, "p_ttest": math.nan, "too_few": n < MIN_PAIRS}
+    if n >= 2 and np.any(d != 0):
         import warnings
 
         from scipy import stats
 
         with warnings.catch_warnings():      # tiny samples: scipy warns; the p-value (or nan) stands
             warnings.simplefilter("ignore")
-            out["p_wilcoxon"] = float(stats.wilcoxon(d).pvalue)
-            if np.std(d) > 0:
-                out["p_ttest"] = float(stats.ttest_rel(both.b, both.a).pvalue)
+            out["p_wilcoxon"] = float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+            if np.ptp(d) > 1e-9 * max(1.0, float(np.abs(d).max())):     # not constant up to rounding
+                out["p_ttest"] = float(stats.ttest_1samp(d, 0.0).pvalue)
     return out
+
+
+def paired_test(base: pd.DataFrame, other: pd.DataFrame) -> dict:
+    """Paired test of (other − base) across tasks × seeds (pair_test of pair_diffs)."""
+    return pair_test(pair_diffs(base, other))
 
 
 # ---- formatting ----------------------------------------------------------------------------------
@@ -145,7 +172,8 @@ def latex(df: pd.DataFrame, caption: str) -> str:
         s = str(s)
         for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
                      ("±", r"$\pm$"), ("→", r"$\to$"), ("−", "$-$"), ("Δ", r"$\Delta$"), ("—", "--"),
-                     ("×", r"$\times$"), ("↳", "")):
+                     ("×", r"$\times$"), ("↳", ""), ("≈", r"$\approx$"), ("≥", r"$\geq$"), ("<", r"$<$"),
+                     (">", r"$>$")):
             s = s.replace(a, b)
         return s
 
@@ -347,7 +375,8 @@ class Table:
                          "diff_paper": v.mean - paper if paper is not None and v.ok else None})
         for block, row, t in self.tests:
             recs.append({"kind": "test", "block": block, "row": row, "column": "gain", "mean": t["mean"],
-                         "n_tasks": t["n_tasks"], "p_wilcoxon": t["p_wilcoxon"], "p_ttest": t["p_ttest"]})
+                         "ci": t["ci"], "n_seeds": t["n_seeds"], "n_tasks": t["n_tasks"],
+                         "p_wilcoxon": t["p_wilcoxon"], "p_ttest": t["p_ttest"], "n_pairs": t["n_pairs"]})
         return pd.DataFrame(recs, columns=CSV_COLUMNS)
 
     def row_keys(self) -> list:
@@ -381,13 +410,15 @@ class Table:
         return pd.DataFrame(rows, columns=names)
 
     def tests_markdown(self) -> list[str]:
-        tests = [t for t in self.tests if t[2]["n_tasks"] >= 2]
+        tests = [t for t in self.tests if t[2]["n_pairs"] >= 2]
         if not tests:
             return []
-        df = pd.DataFrame([{"setting": b, "": r, "tasks": t["n_tasks"], "mean gain": fmt(t["mean"], 2, True),
+        df = pd.DataFrame([{"setting": b, "": r, "pairs": f"{t['n_pairs']}" + (" (too few)" if t["too_few"] else ""),
+                            "tasks × seeds": f"{t['n_tasks']} × {t['n_seeds']}",
+                            "mean gain": fmt(t["mean"], 2, True, t["ci"]),
                             "Wilcoxon p": fmt_p(t["p_wilcoxon"]), "paired t p": fmt_p(t["p_ttest"])}
                            for b, r, t in tests])
-        return ["Paired test of the gain across tasks (each task's mean over seeds; not reported in the paper):",
+        return [f"Paired test of the gain across tasks × seeds ({PAIRING}; not reported in the paper):",
                 "", markdown_table(df), ""]
 
     def markdown(self, image: str | None = None) -> str:

@@ -383,7 +383,7 @@ def make(ctx: Ctx) -> None:
                     f"{scale} The appendix's searches as they ran (tables/search.csv): each candidate fine-tuned on "
                     "`train` at the search's source r and scored plain on the held-out split; the best (ties: the "
                     "earlier in grid order) is applied to every model of that backbone and dataset. One search at "
-                    "source r = 0 serves every compression method (filed under tome).", search)
+                    "source r = 0 serves every compression method (filed under none).", search)
 
     role_of = {d: ["CIFAR-100/FGVC role"] for d in ctx.report["cifar_fgvc"]}
     for g, ds in ctx.vtab().items():

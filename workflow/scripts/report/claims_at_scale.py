@@ -1,0 +1,333 @@
+"""Claims at this scale: each qualitative claim of the paper, tested on this run, with a verdict.
+
+Every claim is a paired comparison over tasks × seeds (common.pair_test: each (dataset, seed) one pair,
+Wilcoxon signed-rank two-sided with zero differences dropped, paired t, mean difference ± 95 % t interval over
+the pairs). The cells come from the config's `report` section: the roles (`report.main`, `evit`, `idle`), the
+dataset lists (`cifar_fgvc` and `vtab_groups`, together "the role's datasets") and `degrees`:
+  low r = 0 (no compression), high r = max(`degrees.inference.targets`) (paper 16), the middle target = the
+  target evaluated at source 0 strictly between 0 and high r closest to high r / 2 (paper 8),
+  the ablation pairs = `degrees.ablation` (paper 0 → 16, 0 → 12, 16 → 0), with the plugins of
+  `report.variants.ablation` / `.rank` / `.scale` against the role's plugin (`report.main.variant`, default tocom),
+  on the VTAB-1k tasks as Tables 5-7; a (dataset, seed) pair is averaged over the ablation pairs first.
+Verdicts (VERDICT_RULES) are about the direction and significance of an effect, never the paper's magnitudes.
+Reads tables/eval.csv and tables/transfer.csv only.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from common import (ALPHA, CSV_COLUMNS, MIN_PAIRS, PAIRING, Ctx, fmt, fmt_p, latex, markdown_table, pair_diffs,
+                    pair_test, r_pair, select, variant_settings, write_csv, write_text)
+
+STEM, TITLE = "claims_at_scale", "Claims at this scale: does each qualitative claim hold in this run?"
+HOLDS, FAILS, NS, ABSENT = "holds", "does not hold", "not significant", "not in this run"
+INSENSITIVE_MAX = 1.0          # points: the largest |difference| an "insensitive" claim tolerates
+VERDICT_RULES = (
+    f"**holds**: the mean difference is in the paper's direction and the Wilcoxon p < {ALPHA:g}; "
+    f"**does not hold**: Wilcoxon p < {ALPHA:g} with the mean difference in the opposite direction; "
+    f"**not significant**: otherwise, and always with fewer than {MIN_PAIRS} (dataset, seed) pairs (too few pairs); "
+    "**not in this run**: the results are absent (the note says which config section adds them). "
+    f"Insensitivity claims (7): **holds** when every variant has at least {MIN_PAIRS} pairs, no variant's "
+    f"difference from the main plugin has Wilcoxon p < {ALPHA:g}, and the largest absolute mean difference is under "
+    f"{INSENSITIVE_MAX:g} point; **does not hold** when any variant with at least {MIN_PAIRS} pairs differs with "
+    f"p < {ALPHA:g}; **not significant** otherwise (too few pairs, or no significant difference but a largest "
+    f"absolute mean difference of {INSENSITIVE_MAX:g} point or more). No correction for the several variants "
+    "compared: with 3 variants, a truly insensitive setting is declared \"does not hold\" by chance in about "
+    "14 % of runs (1 − 0.95 × 0.95 × 0.95).")
+CSV_EXTRA = ["expected", "verdict", "reason"]
+
+
+@dataclass
+class Claim:
+    block: str                   # the claim, as the paper states it
+    row: str                     # the comparison: what minus what, where
+    expected: str                # "> 0", "< 0", "≈ 0"
+    test: dict | None = None     # common.pair_test, None when the rows are absent
+    verdict: str = ABSENT
+    reason: str = ""
+    details: list = field(default_factory=list)
+
+
+def directional(claim: Claim, diffs: pd.Series | None, absent: str) -> Claim:
+    """Verdict of an effect the paper says is positive (`expected` "> 0") or negative ("< 0")."""
+    if diffs is None or diffs.dropna().empty:
+        claim.reason = absent
+        return claim
+    t = claim.test = pair_test(diffs)
+    sign = 1 if claim.expected == "> 0" else -1
+    p = t["p_wilcoxon"]
+    if t["too_few"]:
+        claim.verdict, claim.reason = NS, f"too few pairs: {t['n_pairs']} < {MIN_PAIRS}"
+    elif not math.isnan(p) and p < ALPHA and sign * t["mean"] > 0:
+        claim.verdict = HOLDS
+    elif not math.isnan(p) and p < ALPHA and sign * t["mean"] < 0:
+        claim.verdict, claim.reason = FAILS, "significant in the opposite direction"
+    else:
+        claim.verdict = NS
+    return claim
+
+
+def insensitive(claim: Claim, tests: dict[str, dict], absent: str, spread: float | None) -> Claim:
+    """Verdict of "not sensitive to this setting" from each variant's paired difference to the main plugin."""
+    if not tests:
+        claim.reason = absent
+        return claim
+    largest = max(tests, key=lambda k: abs(tests[k]["mean"]))
+    smallest = {k: min((t[k] for t in tests.values() if not math.isnan(t[k])), default=math.nan)
+                for k in ("p_wilcoxon", "p_ttest")}
+    claim.test = dict(tests[largest], **smallest)      # the largest |Δ| with the smallest p of any variant
+    claim.row += f"; largest absolute Δ: {largest}"
+    if spread is not None:
+        claim.row += f"; spread (max − min) of the means, ours included: {spread:.2f}"
+    significant = [k for k, t in tests.items()
+                   if not t["too_few"] and not math.isnan(t["p_wilcoxon"]) and t["p_wilcoxon"] < ALPHA]
+    few = [k for k, t in tests.items() if t["too_few"]]
+    if significant:
+        claim.verdict = FAILS
+        claim.reason = f"significant difference: {', '.join(significant)}"
+    elif few:
+        claim.verdict, claim.reason = NS, f"too few pairs: {', '.join(few)} (< {MIN_PAIRS})"
+    elif abs(tests[largest]["mean"]) < INSENSITIVE_MAX:
+        claim.verdict = HOLDS
+    else:
+        claim.verdict = NS
+        claim.reason = (f"no significant difference, but the absolute Δ of {largest} is "
+                        f"{abs(tests[largest]['mean']):.2f} ≥ {INSENSITIVE_MAX:g} point")
+    return claim
+
+
+# ---- the cells ------------------------------------------------------------------------------------
+def degrees(ctx: Ctx) -> tuple[int, int]:
+    return 0, int(max(ctx.report["degrees"]["inference"]["targets"]))
+
+
+def role_datasets(ctx: Ctx) -> list[str]:
+    return list(dict.fromkeys(list(ctx.report.get("cifar_fgvc", [])) + ctx.vtab_all()))
+
+
+def gain_diffs(ctx: Ctx, name: str, source: int, target: int, datasets=None) -> pd.Series:
+    """ToCom (the role's plugin, s chosen on val) − plain per (dataset, seed)."""
+    ev, datasets = ctx.evals(name), datasets or role_datasets(ctx)
+    return pair_diffs(select(ev, source, target, None, datasets),
+                      select(ev, source, target, ctx.plugin(name), datasets))
+
+
+def where(ctx: Ctx, name: str, cells: str) -> str:
+    role = ctx.role(name)
+    if role is None:
+        return f"no `report.{name}` role in the config: add one, and a `studies` entry for it with {cells}"
+    return (f"no results of {ctx.role_label(name)} with {cells}: add them to a `studies` set of backbone "
+            f"`{role['backbone']}`, method {role['method']}")
+
+
+def averaged_over_pairs(per_pair: list[pd.Series]) -> pd.Series | None:
+    """One difference per (dataset, seed): the mean over the ablation degree pairs that have results, keeping the
+    (dataset, seed) pairs present at every one of them."""
+    present = [d for d in per_pair if len(d)]
+    if not present:
+        return None
+    wide = pd.concat(present, axis=1).dropna()
+    return wide.mean(axis=1) if len(wide) else None
+
+
+def ablation_diffs(ctx: Ctx, variant: str, minus: str) -> pd.Series | None:
+    """`variant` − `minus` (plugins of the main role, each at its s chosen on val) on the VTAB-1k tasks."""
+    ev, tasks = ctx.evals("main"), ctx.vtab_all()
+    per_pair = [pair_diffs(select(ev, s, t, minus, tasks), select(ev, s, t, variant, tasks))
+                for s, t in (tuple(p) for p in ctx.report["degrees"]["ablation"])]
+    return averaged_over_pairs(per_pair)
+
+
+def ablation_where(ctx: Ctx, kind: str, variants) -> str:
+    pairs = ", ".join(r_pair(*p) for p in ctx.report["degrees"]["ablation"])
+    if not variants:
+        return f"`report.variants.{kind}` lists no plugin (define them under `variants` and list them there)"
+    return (f"no results of {', '.join(variants)} with the main plugin at {pairs} on the VTAB-1k tasks: add them "
+            "to the `variants` of a `studies` set of the main role with those degree pairs")
+
+
+# ---- the claims -----------------------------------------------------------------------------------
+def mismatch(ctx: Ctx) -> list[Claim]:
+    low, high = degrees(ctx)
+    ev, ds = ctx.evals("main"), role_datasets(ctx)
+    out = []
+    for source, target in ((low, high), (high, low)):
+        d = pair_diffs(select(ev, target, target, None, ds), select(ev, source, target, None, ds))
+        c = Claim("1 Mismatched source and target degrees lose accuracy (Sec. 3.1, Fig. 2)",
+                  f"plain {r_pair(source, target)} − plain {r_pair(target, target)}", "< 0")
+        out.append(directional(c, d, where(ctx, "main", f"plain results at {r_pair(source, target)} and "
+                                                        f"{r_pair(target, target)}")))
+    return out
+
+
+def gains(ctx: Ctx) -> list[Claim]:
+    low, high = degrees(ctx)
+    out = []
+    for n, (source, target) in ((2, (low, high)), (3, (high, low))):
+        c = Claim(f"{n} ToCom improves an off-the-shelf model at {r_pair(source, target)} (Secs. 5.2, 5.3)",
+                  f"+ ToCom − plain, {r_pair(source, target)}", "> 0")
+        out.append(directional(c, gain_diffs(ctx, "main", source, target),
+                               where(ctx, "main", f"plain and ToCom results at {r_pair(source, target)}")))
+    return out
+
+
+def middle_target(ctx: Ctx) -> int | None:
+    low, high = degrees(ctx)
+    ev = ctx.evals("main")
+    here = ev[(ev.source_r == low) & (ev.tocom == 1) & (ev.variant == ctx.plugin("main"))]
+    inside = sorted({int(x) for x in here.target_r if low < x < high})
+    return min(inside, key=lambda x: (abs(x - high / 2), x)) if inside else None
+
+
+def larger_gap(ctx: Ctx) -> Claim:
+    low, high = degrees(ctx)
+    mid = middle_target(ctx)
+    c = Claim("4 The larger the gap between source and target, the larger ToCom's gain (Sec. 5.2, Fig. 5)",
+              f"gain at {r_pair(low, high)} − gain at {r_pair(low, mid if mid is not None else '(middle)')}", "> 0")
+    if mid is None:
+        return directional(c, None, where(ctx, "main", f"plain and ToCom results at source {low} and a target "
+                                                       f"strictly between {low} and {high}"))
+    d = (gain_diffs(ctx, "main", low, high) - gain_diffs(ctx, "main", low, mid)).dropna()
+    return directional(c, d, where(ctx, "main", f"plain and ToCom results at {r_pair(low, high)} and "
+                                                f"{r_pair(low, mid)} on the same datasets"))
+
+
+def transfer(ctx: Ctx) -> Claim:
+    tr = ctx.table("transfer")
+    c = Claim("5 The source-degree gap transfers across tasks: M_high^A − M_0^A + M_0^B beats M_0^B on D_B at the "
+              "target r (Sec. 3.2, Table 1)", "task arithmetic − M_0^B", "> 0")
+    if tr.empty:
+        return directional(c, None, "the config's `transfer` section is empty (tables/transfer.csv has no rows)")
+    arith = tr.model != "M0_B"
+    keys = ["backbone_key", "method", "a", "high_r", "target_r"]
+    per_block = [pair_diffs(rows[~arith.loc[rows.index]], rows[arith.loc[rows.index]])
+                 for _, rows in tr.groupby(keys, sort=False)]
+    blocks = tr.groupby(keys, sort=False).ngroups
+    if blocks > 1:
+        c.row += f" (mean over the {blocks} Table 1 blocks per (dataset, seed))"
+    d = pd.concat([x for x in per_block if len(x)], axis=1).mean(axis=1) if any(len(x) for x in per_block) else None
+    return directional(c, d, "no pair of M_0^B and task-arithmetic results in tables/transfer.csv")
+
+
+def ablations(ctx: Ctx) -> list[Claim]:
+    from table5_ablation import label
+
+    ours, out = ctx.plugin("main"), []
+    variants = list(ctx.report.get("variants", {}).get("ablation", []))
+    for v in variants:
+        c = Claim(f"6 The full ToCom beats its ablation: {label(ctx, v)} (Sec. 5.4, Table 5)",
+                  f"ToCom − {label(ctx, v)}, mean over {pairs_text(ctx)}", "> 0")
+        out.append(directional(c, ablation_diffs(ctx, ours, v), ablation_where(ctx, "ablation", [v, ours])))
+    if not variants:
+        out.append(directional(Claim("6 The full ToCom beats its ablations (Sec. 5.4, Table 5)", "—", "> 0"), None,
+                               ablation_where(ctx, "ablation", [])))
+    return out
+
+
+def pairs_text(ctx: Ctx) -> str:
+    return ", ".join(r_pair(*p) for p in ctx.report["degrees"]["ablation"])
+
+
+def insensitivity(ctx: Ctx, kind: str) -> Claim:
+    ours = ctx.plugin("main")
+    variants = list(ctx.report.get("variants", {}).get(kind, []))
+    if kind == "rank":
+        what, key, paper = "7a ToCom is insensitive to the LoRA rank h (Sec. 5.2, Table 7)", "rank", "h"
+    else:
+        what, key, paper = "7b ToCom is insensitive to the training scale s (Sec. 5.2, Table 6)", "scale", "s"
+
+    def name(v):
+        return f"{paper} = {variant_settings(ctx, 'main', v)[key]:g}"
+
+    c = Claim(what, f"each of {', '.join(name(v) for v in variants) or '—'} − {name(ours)} (ours), mean over "
+                    f"{pairs_text(ctx)}", "≈ 0")
+    tests, means = {}, {}
+    for v in variants:
+        d = ablation_diffs(ctx, v, ours)
+        if d is not None and len(d):
+            tests[name(v)] = t = pair_test(d)
+            c.details.append(Claim(what, f"{name(v)} − {name(ours)} (ours)", "≈ 0", t, ""))
+            means[name(v)] = t["mean"]
+    spread = (max([0.0, *means.values()]) - min([0.0, *means.values()])) if means else None   # ours at 0
+    missing = [v for v in variants if name(v) not in tests]
+    claim = insensitive(c, tests, ablation_where(ctx, kind, variants), spread)
+    if missing and tests:
+        claim.reason = "; ".join(x for x in (claim.reason, f"no results of {', '.join(missing)}") if x)
+    return claim
+
+
+def other_methods(ctx: Ctx) -> list[Claim]:
+    low, high = degrees(ctx)
+    out = []
+    for name, label, section in (("evit", "EViT", "Sec. 5.5, Fig. 7, Table 8"),
+                                 ("idle", "IdleViT", "not in the paper; the same claim")):
+        c = Claim(f"8 ToCom improves {label} at {r_pair(low, high)} ({section})",
+                  f"+ ToCom − plain, {r_pair(low, high)}", "> 0")
+        d = gain_diffs(ctx, name, low, high) if ctx.role(name) else None
+        out.append(directional(c, d, where(ctx, name, f"plain and ToCom results at {r_pair(low, high)}")))
+    return out
+
+
+def claims(ctx: Ctx) -> list[Claim]:
+    return (mismatch(ctx) + gains(ctx) + [larger_gap(ctx), transfer(ctx)] + ablations(ctx)
+            + [insensitivity(ctx, "rank"), insensitivity(ctx, "scale")] + other_methods(ctx))
+
+
+# ---- output ---------------------------------------------------------------------------------------
+def frame(rows: list[Claim]) -> pd.DataFrame:
+    recs = []
+    for c in rows:
+        t = c.test or {}
+        recs.append({"kind": "claim" if c.verdict else "detail", "block": c.block, "row": c.row, "column": "effect",
+                     "mean": t.get("mean"), "ci": t.get("ci"), "n_seeds": t.get("n_seeds", 0),
+                     "n_tasks": t.get("n_tasks", 0), "p_wilcoxon": t.get("p_wilcoxon"),
+                     "p_ttest": t.get("p_ttest"), "n_pairs": t.get("n_pairs", 0), "expected": c.expected,
+                     "verdict": c.verdict, "reason": c.reason})
+    return pd.DataFrame(recs, columns=CSV_COLUMNS + CSV_EXTRA)
+
+
+def display(rows: list[Claim]) -> pd.DataFrame:
+    out, last = [], None
+    for c in rows:
+        t = c.test
+        head = c.block if c.block != last else ""
+        last = c.block
+        pairs = "—" if not t else f"{t['n_pairs']} ({t['n_tasks']} × {t['n_seeds']})"
+        verdict = c.verdict + (f" ({c.reason})" if c.reason and c.verdict != ABSENT else "")
+        out.append({"claim": head, "comparison": ("↳ " if not c.verdict else "") + c.row, "paper": c.expected,
+                    "this run (pts)": fmt(t["mean"], 2, True, t["ci"]) if t else "—", "pairs (tasks × seeds)": pairs,
+                    "Wilcoxon p": fmt_p(t["p_wilcoxon"]) if t else "—",
+                    "paired t p": fmt_p(t["p_ttest"]) if t else "—", "verdict": verdict or ""})
+    return pd.DataFrame(out)
+
+
+def make(ctx: Ctx) -> list[Claim]:
+    low, high = degrees(ctx)
+    main = claims(ctx)
+    rows = [x for c in main for x in [c, *c.details]]
+    caption = (f"Each qualitative claim of the paper, tested on this run (role {ctx.role_label('main')} unless "
+               f"named); low r = {low}, high r = {high} (the largest `degrees.inference` target), middle target r = "
+               f"{middle_target(ctx) if middle_target(ctx) is not None else '—'}; gains are ToCom at the s chosen on "
+               "val minus the same model without it, test top-1 points; claims 1-4 on the role's datasets "
+               "(`cifar_fgvc` and the VTAB-1k tasks), 6-7 on the VTAB-1k tasks averaged over the ablation pairs "
+               f"({pairs_text(ctx)}) per (dataset, seed). Paired tests across tasks × seeds ({PAIRING}). "
+               "An insensitivity claim's row gives the variant with the largest absolute Δ and the smallest p of any "
+               "variant. The verdict concerns the direction and significance of each effect, not the paper's "
+               "magnitudes (those are in the items above and the tables).")
+    lines = [f"### {TITLE}", "", caption + " Rows marked ↳ are the variants behind it.", "",
+             f"Verdicts — {VERDICT_RULES}", "",
+             markdown_table(display(rows)), ""]
+    absent = [c for c in main if c.verdict == ABSENT]
+    lines += [f"- Claim {c.block}: not in this run: {c.reason}." for c in absent]
+    lines += [""] if absent else []
+    write_text("\n".join(lines), ctx.out(STEM, ".md"))
+    write_text(latex(display(rows), f"{TITLE}. {caption} Verdicts: {VERDICT_RULES.replace('**', '')}"),
+               ctx.out(STEM, ".tex"))
+    write_csv(frame(rows), ctx.out(STEM, ".csv"))
+    return main
+
+
+if __name__ == "__main__":
+    make(Ctx.from_snakemake(snakemake))  # noqa: F821
