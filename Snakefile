@@ -24,6 +24,7 @@ elif "name" not in config:
              "config (empty?); start from config/cpu.yaml or config/paper.yaml")
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/tasks.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/finetune.smk"

@@ -207,6 +207,8 @@ def test_cli_errors_are_one_line(tmp_path):
          "no model checkpoint at"),
         (["distill", "--backbone", BACKBONE, "--dataset", "cifar100", "--data-root", str(tmp_path), "--r-max", "4",
           "--out", str(tmp_path / "p")], str(tmp_path)),
+        (["finetune", "--backbone", BACKBONE, "--dataset", "synth/count", "--method", "none", "--r", "2",
+          "--out", str(tmp_path / "x")], "--method none trains uncompressed, at --r 0"),
     ]
     for args, needle in cases:
         res = _run(args)
@@ -293,3 +295,83 @@ def test_bench_rows_per_degree_and_ratios(tmp_path):
     assert pd.read_csv(tmp_path / "b.csv").shape == df.shape
     with pytest.raises(tocom.TocomError, match="exceeds"):
         bench("tocom_vit_tiny_patch8_56", rs=(0, 5), batch_size=2, device="cpu", progress=False)
+
+
+# ---- same seed, same numbers ------------------------------------------------------------------------------
+def _cli(*args) -> None:
+    """One `tocom` command in this process, through the CLI's entry point (which seeds before building anything)."""
+    from tocom.cli import main
+
+    assert main([*map(str, args), "--device", "cpu", "--quiet"]) == 0, args
+
+
+def _finetune_then_evaluate(folder: Path, seed: int) -> tuple[dict, bytes, bytes]:
+    """A random-init tiny ViT fine-tuned on 32 digits for 1 epoch with ToMe at r = 2 and every random draw
+    of a fine-tune on (shuffling, mixup/cutmix, stochastic depth, a fresh head), then evaluated at r = 0, 2."""
+    folder.mkdir()
+    model, table = folder / "ft.safetensors", folder / "eval.csv"
+    _cli("finetune", "--backbone", BACKBONE, "--dataset", "digits", "--limit", 32, "--epochs", 1, "--batch-size", 16,
+         "--mixup", 0.8, "--cutmix", 1.0, "--drop-path", 0.1, "--method", "tome", "--r", 2, "--seed", seed,
+         "--out", model)
+    _cli("evaluate", "--checkpoint", model, "--targets", 0, 2, "--limit", 32, "--batch-size", 16, "--seed", seed,
+         "--out", table)
+    return load_file(str(model)), model.read_bytes(), table.read_bytes()
+
+
+def test_same_seed_same_numbers(tmp_path):
+    """Twice in one process with seed 0: bit-identical weights (the whole checkpoint file, header included)
+    and identical evaluation rows; seed 1 trains other weights."""
+    weights, model, table = _finetune_then_evaluate(tmp_path / "first", 0)
+    again, model_again, table_again = _finetune_then_evaluate(tmp_path / "again", 0)
+    other, _, _ = _finetune_then_evaluate(tmp_path / "other", 1)
+    assert weights.keys() == again.keys() and all(torch.equal(weights[k], again[k]) for k in weights)
+    assert model == model_again
+    assert table == table_again and len(pd.read_csv(tmp_path / "first" / "eval.csv")) == 4   # 2 targets x 2 splits
+    assert any(not torch.equal(weights[k], other[k]) for k in weights)
+
+
+def test_interrupted_fine_tune_with_mixup_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Stopped after its first epoch and rerun, a fine-tune with mixup/cutmix (numpy's RNG in timm) ends with
+    the uninterrupted run's weights: every RNG is re-seeded from (seed, epoch), not only torch's."""
+    from tocom.engine import common
+
+    args = ["finetune", "--backbone", BACKBONE, "--dataset", "digits", "--limit", 32, "--epochs", 2, "--batch-size",
+            16, "--mixup", 0.8, "--cutmix", 1.0, "--r", 2]
+    _cli(*args, "--out", tmp_path / "straight.safetensors")
+    save = common._save_resume
+
+    def save_then_stop(*a, **kw):
+        save(*a, **kw)
+        raise KeyboardInterrupt
+
+    from tocom.cli import main
+
+    monkeypatch.setattr(common, "_save_resume", save_then_stop)
+    assert main([*map(str, args), "--out", str(tmp_path / "resumed.safetensors"), "--device", "cpu", "--quiet"]) == 130
+    monkeypatch.setattr(common, "_save_resume", save)
+    assert not (tmp_path / "resumed.safetensors").exists()
+    _cli(*args, "--out", tmp_path / "resumed.safetensors")
+    a, b = load_file(str(tmp_path / "straight.safetensors")), load_file(str(tmp_path / "resumed.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- one fine-tune at source r = 0 for every method ----------------------------------------------------------
+def test_r0_fine_tune_records_no_method_and_is_evaluated_under_any(tmp_path):
+    """At r = 0 nothing is compressed: the checkpoint says method 'none' whatever --method said, and
+    `evaluate`/`transfer --method` choose the method they run (default: ToMe); a model fine-tuned at r > 0
+    keeps its own method as the default."""
+    ft, ft2 = tmp_path / "r0.safetensors", tmp_path / "r2.safetensors"
+    small = ["--dataset", "digits", "--limit", 16, "--epochs", 1, "--batch-size", 16]
+    _cli("finetune", "--backbone", BACKBONE, *small, "--method", "evit", "--r", 0, "--out", ft)
+    _cli("finetune", "--backbone", BACKBONE, *small, "--method", "idle", "--r", 2, "--out", ft2)
+    assert load_model(ft)[1]["method"] == "none" and load_model(ft2)[1]["method"] == "idle"
+    evaluate = ["--targets", 0, 2, "--limit", 16, "--splits", "val", "--batch-size", 16]
+    for checkpoint, method, expected in ((ft, None, "tome"), (ft, "evit", "evit"), (ft, "idle", "idle"),
+                                         (ft2, None, "idle")):
+        out = tmp_path / f"{checkpoint.stem}_{method}.csv"
+        _cli("evaluate", "--checkpoint", checkpoint, *evaluate, *(["--method", method] if method else []), "--out", out)
+        assert set(pd.read_csv(out).method) == {expected}, (checkpoint, method)
+    out = tmp_path / "transfer.csv"
+    _cli("transfer", "--model-b", ft, "--high-a", ft2, "--low-a", ft, "--target-r", 2, "--limit", 16,
+         "--batch-size", 16, "--method", "evit", "--out", out)
+    assert set(pd.read_csv(out).method) == {"evit"}

@@ -114,6 +114,9 @@ def test_schema_lists_exactly_the_settings_fields():
 
     top = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())["properties"]
     assert set(top["segmentation"]["properties"]["recipe"]["properties"]) == {f.name for f in fields(SegmentSettings)}
+    from tocom.settings import TaskSettings
+
+    assert set(top["tasks"]["properties"]) == {f.name for f in fields(TaskSettings)}
     assert set(schema["search"]["properties"] if "search" in schema else
                schema["recipe"]["properties"]["search"]["properties"]) == {"lr", "adapter_scale", "source_r"}
 
@@ -167,7 +170,7 @@ def test_search_expands_the_papers_grids_once_per_dataset():
     grid = Grid(PAPER, check_files=False, check_geometry=False)
     cub = [c for c in grid.searches.values() if c.dataset == "cub200"]
     assert sorted(dict(c.overrides)["lr"] for c in cub) == [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3]
-    assert {c.method for c in cub} == {"tome"} and {c.source for c in cub} == {0}   # r = 0 serves every method
+    assert {c.method for c in cub} == {"none"} and {c.source for c in cub} == {0}   # r = 0 serves every method
     assert all(grid.finetune_settings(c).split == "train" for c in cub)
     dtd = {dict(c.overrides)["adapter_scale"] for c in grid.searches.values()
            if c.dataset == "vtab/dtd" and c.backbone == "deit_b"}
@@ -231,3 +234,17 @@ def test_distillation_recipe_reaches_the_student(monkeypatch):
     model.eval()
     with engine.compensate(model, plugin, 0, 4, scale=1.0, merge=False, set_degree=False, dropout=0.5):
         assert torch.allclose(model(images), model(images))
+
+
+# ---- the README quotes a run of the committed CPU default ------------------------------------------
+def test_readme_quotes_a_run_of_the_committed_cpu_config():
+    """The results block is generated from a run (workflow/scripts/readme_results.py) and records the
+    digest of the config it ran; editing config/cpu.yaml without rerunning and regenerating fails here."""
+    import hashlib
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    found = re.search(r"<!-- cpu-results config/cpu\.yaml sha256:([0-9a-f]{16}) ", text)
+    assert found, "README.md has no generated CPU results block: run the default, then workflow/scripts/readme_results.py"
+    assert found.group(1) == hashlib.sha256((ROOT / "config/cpu.yaml").read_bytes()).hexdigest()[:16], \
+        "config/cpu.yaml changed since the run the README quotes: rerun it and regenerate the block"

@@ -16,6 +16,9 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# The reliability tests' fine-tune (mini_config: source r = 0, so filed under method "none", shared by every method)
+MINI_FT = "finetune/tiny/none/synth__count/r0_seed0.safetensors"
+MINI_FT_LOG = "logs/finetune/tiny_none_synth__count_r0_seed0.log"
 
 
 def snakemake(*args, cwd=REPO, timeout=900, **kw):
@@ -73,6 +76,9 @@ def outputs_are_whole(results: Path) -> None:
     (lambda c: c["studies"][0]["sets"][0].update(datasets=["cifar1000"]), "unknown dataset 'cifar1000'"),
     (lambda c: c["transfer"][0].update(high_r=99), "transfer: r [99] exceeds what tiny carries"),
     (lambda c: c["evaluate"].update(select_split="vall"), "select_split"),
+    # EViT (and IdleViT, which shares its sets) asks for synth/texture at r = 0 with another recipe than ToMe
+    (lambda c: c["studies"][1]["sets"][0].update(recipe="vtab"),
+     "synth/texture is fine-tuned with two recipes (cifar, vtab) for tiny at source r = 0 (one fine-tune serves every"),
     (lambda c: c["evaluate"].update(scales=[-0.1]), "evaluate/scales/0"),
     (lambda c: c["recipes"]["cifar"].update(epochs=0), "recipes/cifar/epochs"),
     (lambda c: c["distill"].update(lr=float("nan")), "lr must be a finite number"),
@@ -146,13 +152,88 @@ def test_paper_dag_dry_run(paper_data_root):
     # 14 plugins: 9 ToMe variants on DeiT-B, EViT, IdleViT, DeiT-S, MAE, and Table 11's tome_ffn plugin (DeiT-B/384)
     assert counts["distill"] == "14" and counts["transfer"] == "4" and counts["bench"] == "3"
     assert counts["segment_finetune"] == "1" == counts["segment_evaluate"]
-    # CIFAR+FGVC: 5 x 8 sources for each of ToMe, EViT, IdleViT (Figs. 2, 7 need source = target);
-    # VTAB-1k: 19 x (4 ToMe + 2 x 4 others), each with a train800 companion that chooses s
-    assert counts["finetune"] == str(3 * 5 * 8 + 19 * (4 + 2 * 4)) == counts["evaluate"]
-    assert counts["finetune_select"] == str(19 * (4 + 2 * 4))
+    # Evaluations, one per model and method: CIFAR+FGVC 5 datasets x 8 sources for each of ToMe, EViT, IdleViT
+    # (Figs. 2, 7 need source = target); VTAB-1k 19 x (4 ToMe sources + 2 each for EViT, IdleViT, DeiT-S, MAE).
+    assert counts["evaluate"] == str(3 * 5 * 8 + 19 * (4 + 4 * 2))                         # 348
+    # Fine-tunes: a source r = 0 model compresses nothing, so ToMe, EViT and IdleViT share it (one per backbone
+    # and dataset): CIFAR+FGVC 5 x (8 ToMe sources + the 7 sources > 0 of EViT and of IdleViT); VTAB-1k DeiT-B
+    # 19 x (4 ToMe sources + r = 16 for EViT and for IdleViT), DeiT-S and MAE 19 x 2 each (one method each).
+    assert counts["finetune"] == str(5 * (8 + 2 * 7) + 19 * (4 + 2 * 1) + 19 * 2 * 2)       # 300 (was 348)
+    # each VTAB-1k model has a train800 companion that chooses s, shared at r = 0 like the model itself
+    assert counts["finetune_select"] == str(19 * (4 + 2 * 1) + 19 * 2 * 2)                  # 190 (was 228)
     # searches at r = 0, shared by the methods: FGVC lr (4 x 6), VTAB adapter scale (19 x 5 x 3 backbones)
     assert counts["search_candidate"] == str(4 * 6 + 19 * 5 * 3) and counts["search_select"] == str(4 + 19 * 3)
     print(f"paper dry run: {time.time() - started:.1f} s")
+
+
+@pytest.mark.parametrize("name, finetunes", [
+    ("cpu", None),
+    # paper: test_paper_dag_dry_run's 300 final models and 190 VTAB-1k train800 companions
+    ("paper", 300 + 190),
+])
+def test_one_source0_finetune_serves_every_method(name, finetunes):
+    """At source r = 0 nothing is compressed while fine-tuning: one model per (backbone, dataset, seed, role),
+    filed under method none, whatever the number of methods; each evaluation keeps the method it evaluates."""
+    from tocom.experiments import Grid
+    from tocom.settings import UNCOMPRESSED
+
+    config = yaml.safe_load((REPO / f"config/{name}.yaml").read_text())
+    grid = Grid(config, check_files=False, check_geometry=False)
+    assert finetunes is None or len(grid.finetunes) == finetunes
+    at0 = [r for r in grid.finetunes.values() if r.source == 0]
+    keys = [(r.backbone, r.dataset, r.seed, r.role) for r in at0]
+    assert len(keys) == len(set(keys)) and {r.method for r in at0} == {UNCOMPRESSED}
+    # exactly the (backbone, dataset, seed) any method or the transfer check asks for at r = 0, once each
+    asked = {(st["backbone"], d, seed) for st in config["studies"] for block in st["sets"] if 0 in block["sources"]
+             for d in block["datasets"] for seed in grid.seeds}
+    asked |= {(t["backbone"], d, seed) for t in config.get("transfer", []) for d in [t["a"], *t["b"]]
+              for seed in grid.seeds}
+    assert {(bb, d, seed) for bb, d, seed, role in keys if role == "final"} == asked
+    assert all(r.method != UNCOMPRESSED for r in grid.finetunes.values() if r.source > 0)
+    evaluated: dict = {}
+    for path, ev in grid.evals.items():
+        ft = ev.finetune
+        assert path == ev.path and path.split("/")[2] == ev.method != UNCOMPRESSED
+        assert grid.finetunes[ft.path] == ft and ft.method == (UNCOMPRESSED if ft.source == 0 else ev.method)
+        assert ev.selector is None or (ev.selector.method, ev.selector.source) == (ft.method, ft.source)
+        evaluated.setdefault(ft.path, set()).add(ev.method)
+    assert set(evaluated) == {r.path for r in grid.finetunes.values() if r.role == "final"}
+    assert {"tome", "evit", "idle"} in evaluated.values()       # one model, three evaluations
+    for t in grid.transfers:                                      # Table 1 reads the shared r = 0 models
+        assert [(r.method, r.source) for r in t.models] == [(t.method, t.high_r), (UNCOMPRESSED, 0), (UNCOMPRESSED, 0)]
+        assert all(grid.finetunes[r.path] == r for r in t.models)
+    # the r = 0 searches are filed under the same name as the models that apply them
+    assert {c.method for c in grid.searches.values()} <= {UNCOMPRESSED}
+
+
+def test_a_search_above_r0_keeps_the_r0_finetune_per_method():
+    """A recipe searched at a source r > 0 chooses its settings per method, so its r = 0 fine-tune is the method's own."""
+    from tocom.experiments import Grid
+
+    config = smoke_config()
+    config["recipes"]["vtab_refit"]["search"]["source_r"] = 4
+    grid = Grid(config, check_files=False, check_geometry=False)
+    refit = [r for r in grid.finetunes.values() if r.recipe == "vtab_refit"]
+    assert {(r.method, r.source) for r in refit} == {("tome", 0), ("tome", 4)}
+    assert {(c.method, c.source) for c in grid.searches.values()} == {("tome", 4)}
+
+
+def test_smoke_dag_dry_run_counts(tmp_path):
+    res = snakemake("-n", "--configfile", "config/smoke.yaml", "--directory", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    counts = {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", res.stdout, re.M)}
+    # Fine-tunes on tiny: ToMe shapes {0, 4}, texture {0, 1, 2, 4}, orientation and count {0, 1, 2, 4} = 14;
+    # EViT and IdleViT texture {0, 4}, whose r = 0 model is ToMe's: + 1 each; tiny2 count {0, 4} = 2.
+    # 18 in all (20 before the r = 0 fine-tune was shared); the transfer check's models are among them.
+    assert counts["finetune"] == 2 + 4 + 2 * 4 + 2 * 1 + 2 == 18
+    # one evaluation per model and method: 14 ToMe + 2 EViT + 2 IdleViT + 2 tiny2
+    assert counts["evaluate"] == 14 + 2 + 2 + 2 == 20
+    # tiny2's vtab_refit trains on trainval: a train companion per source, and one adapter-scale search
+    # (2 candidates) at r = 0
+    assert (counts["finetune_select"], counts["search_candidate"], counts["search_select"]) == (2, 2, 1)
+    assert (counts["pretrain_backbone"], counts["distill"], counts["transfer"]) == (2, 14, 1)
+    assert "results/smoke/finetune/tiny/none/synth__texture/r0_seed0.safetensors" in res.stdout
+    assert "finetune/tiny/evit/synth__texture/r0" not in res.stdout
 
 
 # ---- the smoke pipeline ---------------------------------------------------------------------------
@@ -166,10 +247,14 @@ def check_smoke_results(results: Path) -> None:
     assert {"infer", "train"} <= set(bench["mode"].dropna()) and {"merged_throughput", "switch"} <= set(bench["kind"])
     assert "Mean test top-1" in (tables / "summary.md").read_text()
     assert set(evals.backbone_key) == {"tiny", "tiny2"}
+    # source r = 0: one fine-tune per backbone and dataset (method none), evaluated under every method
+    assert {p.parts[-3] for p in (results / "finetune").glob("*/*/*/r0_seed0.safetensors")} == {"none"}
+    texture0 = evals[(evals.backbone_key == "tiny") & (evals.dataset == "synth/texture") & (evals.source_r == 0)]
+    assert set(texture0.method) == {"tome", "evit", "idle"}
     assert {"tocom", "h1", "h4", "h8", "kd"} <= set(pd.read_csv(tables / "plugins.csv").variant)
     # the VTAB-1k protocol on tiny2: adapter scale searched on train -> val, final model on trainval, s chosen
     # by the train companion on val and applied to the final model on test
-    chosen = json.loads((results / "search/tiny2/tome/synth__count/seed0/chosen.json").read_text())
+    chosen = json.loads((results / "search/tiny2/none/synth__count/seed0/chosen.json").read_text())
     assert set(chosen["chosen"]) == {"adapter_scale"} and len(chosen["candidates"]) == 2
     refit = evals[(evals.backbone_key == "tiny2")]
     assert set(refit[refit.checkpoint == "select"].split) == {"val"}
@@ -263,6 +348,11 @@ def test_smoke_pipeline_local_profile_and_rerun_does_nothing(tmp_path):
     res = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--directory", str(tmp_path))
     assert res.returncode == 0, res.stderr[-3000:]
     check_smoke_results(tmp_path / "results/smoke")
+    html = tmp_path / "report.html"                 # Snakemake's own report of the marked tables and figures
+    res = snakemake("--configfile", "config/smoke.yaml", "--directory", str(tmp_path), "--report", str(html))
+    assert res.returncode == 0, res.stderr[-3000:]
+    page = html.read_text()
+    assert all(s in page for s in ("Claims at this scale", "Table 5", "fig5_inference.png")), "report.html misses items"
     again = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--directory", str(tmp_path))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
@@ -288,15 +378,15 @@ def test_sigkill_of_a_training_job_then_rerun_completes(tmp_path):
     run = SNAKEMAKE + ["--cores", "2", "--configfile", str(cfg), "--directory", str(tmp_path)]
     proc = subprocess.Popen(run, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = tmp_path / "results/killjob"
-    resume = results / "finetune/tiny/tome/synth__count/r0_seed0.safetensors.resume/state.pt"
+    resume = results / f"{MINI_FT}.resume/state.pt"
     assert _wait_for(resume.exists), "fine-tuning never wrote its first epoch"
     for pid in _training_pids("tocom.cli finetune"):
         os.kill(pid, signal.SIGKILL)
     assert proc.wait(timeout=300) != 0                          # snakemake saw the job die
-    assert not (results / "finetune/tiny/tome/synth__count/r0_seed0.safetensors").exists()
+    assert not (results / MINI_FT).exists()
     res = subprocess.run(run, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    log = (results / "logs/finetune/tiny_tome_synth__count_r0_seed0.log").read_text()
+    log = (results / MINI_FT_LOG).read_text()
     assert "resuming" in log                                   # picked up where the killed job stopped
     assert pd.read_csv(results / "tables/eval.csv").shape[0] > 0
     outputs_are_whole(results)
@@ -330,8 +420,8 @@ def test_a_failing_job_leaves_no_partial_output(tmp_path):
     res = snakemake("--cores", "2", "--configfile", str(cfg), "--directory", str(tmp_path), timeout=600)
     assert res.returncode != 0
     results = tmp_path / "results/failing"
-    log = (results / "logs/finetune/tiny_tome_synth__count_r0_seed0.log").read_text()
+    log = (results / MINI_FT_LOG).read_text()
     assert "lower the learning rate" in log and "Traceback" not in log
-    assert not (results / "finetune/tiny/tome/synth__count/r0_seed0.safetensors").exists()
+    assert not (results / MINI_FT).exists()
     assert not (results / "eval").exists() and not (results / "tables").exists()
     outputs_are_whole(results)

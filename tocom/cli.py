@@ -11,7 +11,7 @@ import sys
 
 from .errors import TocomError
 from .settings import (METHODS, SPLITS, BenchSettings, DistillSettings, EvalSettings, FinetuneSettings, PretrainSettings,
-                       RunSettings, SegmentSettings, splits_overlap)
+                       RunSettings, SegmentSettings, UNCOMPRESSED, splits_overlap)
 
 COMMANDS: dict[str, tuple] = {}
 
@@ -182,7 +182,9 @@ _distill.configure = _configure_distill
 def _configure_finetune(p):
     _model_args(p)
     _data_args(p)
-    p.add_argument("--method", default="tome", choices=METHODS, help="token compression active while training")
+    p.add_argument("--method", default="tome", choices=METHODS + (UNCOMPRESSED,),
+                   help=f"token compression active while training; irrelevant at --r 0, where nothing is compressed "
+                        f"(the checkpoint records method {UNCOMPRESSED!r} whatever this says)")
     p.add_argument("--r", type=int, default=0, help="source degree: compression active during training")
     p.add_argument("--chosen", default=None, metavar="JSON",
                    help="settings chosen by the hyper-parameter search (`tocom select`); they override the flags")
@@ -200,6 +202,8 @@ def _finetune(args):
     from .models import resolve_model
 
     s, run = FinetuneSettings.from_args(args), RunSettings.from_args(args)
+    if args.method == UNCOMPRESSED and args.r:
+        raise TocomError(f"--method {UNCOMPRESSED} trains uncompressed, at --r 0; give a method for --r {args.r}")
     if args.chosen:
         from .search import read_chosen
 
@@ -259,12 +263,19 @@ def _read_plugins(specs: list[str]) -> dict:
     return plugins
 
 
+def _eval_method_arg(p):
+    p.add_argument("--method", default=None, choices=METHODS,
+                   help="token compression to evaluate under (default: the one the checkpoint was fine-tuned with; "
+                        "tome for a model fine-tuned uncompressed, at r = 0)")
+
+
 def _configure_evaluate(p):
     p.add_argument("--checkpoint", required=True, help="fine-tuned model (.safetensors from `tocom finetune`)")
     p.add_argument("--select-checkpoint", default=None,
                    help="companion model (same source r, trained without the selection split) that chooses s; "
                         "default: the evaluated model, if the selection split is held out from its training")
     _data_args(p, required=False, dataset_help="default: the dataset the checkpoint was fine-tuned on")
+    _eval_method_arg(p)
     p.add_argument("--targets", nargs="+", type=int, required=True, metavar="R", help="target degrees")
     p.add_argument("--plugin", nargs="+", default=[], metavar="[LABEL=]PATH",
                    help="ToCom plugins (.safetensors), optionally labelled (e.g. shared=plugins/shared.safetensors); "
@@ -291,7 +302,7 @@ def _evaluate(args):
     splits = {name: _dataset(args, model, name, s.limit, run.seed) for name in s.splits
               if not (selector and name == s.select_split)}
     cross_evaluate(model, {**meta, "dataset": args.dataset}, splits, args.targets, plugins, s, run,
-                   selector=selector, out=args.out)
+                   selector=selector, out=args.out, method=args.method)
 
 
 _evaluate.configure = _configure_evaluate
@@ -304,6 +315,7 @@ def _configure_transfer(p):
     _data_args(p, required=False, dataset_help="B (default: the dataset of --model-b)")
     p.add_argument("--split", default="test", choices=SPLITS, help="split of B to score")
     p.add_argument("--target-r", type=int, required=True, help="degree the models run at (paper: 16)")
+    _eval_method_arg(p)
     EvalSettings.add_arguments(p)
     RunSettings.add_arguments(p)
     p.add_argument("--out", required=True, help="CSV to write")
@@ -320,7 +332,7 @@ def _transfer(args):
     _check_degree(model, "--target-r", [args.target_r])
     data = _dataset(args, model, args.split, s.limit, run.seed)
     transfer(model, {**meta, "dataset": args.dataset}, read_state_dict(args.high_a), read_state_dict(args.low_a),
-             data, args.target_r, s, run, out=args.out)
+             data, args.target_r, s, run, out=args.out, method=args.method)
 
 
 _transfer.configure = _configure_transfer
@@ -392,6 +404,32 @@ def _segment_evaluate(args):
 
 
 _segment_evaluate.configure = _configure_segment_evaluate
+
+
+# ---- generated downstream tasks (the CPU configs' fmnist_vtab/*) --------------------------------------
+def _configure_make_tasks(p):
+    from .settings import TaskSettings
+
+    p.add_argument("--out", required=True, help="folder to write into: one VTAB-1k task folder per task")
+    p.add_argument("--fashion-root", default=argparse.SUPPRESS,
+                   help="folder with Fashion-MNIST's t10k IDX files (default: where the Debian package "
+                        "dataset-fashion-mnist puts them)")
+    p.add_argument("--tasks", nargs="+", default=argparse.SUPPRESS, metavar="TASK",
+                   help="tasks to write, e.g. count or fmnist_vtab/count (default: all; tocom/data/fmnist_tasks.py)")
+    TaskSettings.add_arguments(p)
+
+
+@command("make-tasks", "write the fmnist_vtab/* downstream tasks (VTAB-1k layout) from Fashion-MNIST's t10k images")
+def _make_tasks(args):
+    from .data.fmnist_tasks import write_tasks
+    from .settings import TaskSettings
+
+    s = TaskSettings.from_args(args)
+    given = {k: getattr(args, k) for k in ("fashion_root", "tasks") if hasattr(args, k)}
+    write_tasks(args.out, seed=s.seed, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test, log=print, **given)
+
+
+_make_tasks.configure = _configure_make_tasks
 
 
 class OneLineParser(argparse.ArgumentParser):

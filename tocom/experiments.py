@@ -16,8 +16,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import TocomError
+from .settings import UNCOMPRESSED
 from .settings import (BenchSettings, DistillSettings, EvalSettings, FinetuneSettings, PretrainSettings,
-                       SearchSettings, SegmentSettings, splits_overlap)
+                       SearchSettings, SegmentSettings, TaskSettings, splits_overlap)
 
 
 def validate_config(config: dict, schema_path: str | Path) -> None:
@@ -39,6 +40,11 @@ def dataset_key(name: str) -> str:
 
 def dataset_name(key: str) -> str:
     return key.replace("__", "/")
+
+
+def is_generated(dataset: str) -> bool:
+    """A task the workflow writes itself (`tocom make-tasks`) rather than one read from a release."""
+    return dataset.split("/")[0] == GENERATED_FAMILY
 
 
 @lru_cache(maxsize=None)
@@ -72,7 +78,9 @@ def backbone_patch_size(timm_name: str) -> int:
 
 
 # Output layout; the workflow's rules use the same templates as output patterns ({dataset}, {a}, {b}:
-# dataset keys, see dataset_key).
+# dataset keys, see dataset_key). A fine-tune at source r = 0 compresses nothing, so one model serves
+# every method: it is filed under method UNCOMPRESSED ("none"), as are the searches it applies; its
+# evaluations keep the method they evaluate (eval/<backbone>/<method>/...).
 FINETUNE = "finetune/{backbone}/{method}/{dataset}/r{source}_seed{seed}.safetensors"
 SELECT = "select/{backbone}/{method}/{dataset}/r{source}_seed{seed}.safetensors"
 SEARCH = "search/{backbone}/{method}/{dataset}/seed{seed}/{candidate}.safetensors"
@@ -82,6 +90,8 @@ TRANSFER = "transfer/{backbone}/{method}/{a}_to_{b}_r{high}_seed{seed}.csv"
 ROLES = {"final": FINETUNE, "select": SELECT}
 SEGMENT = "segment/{backbone}/{dataset}/r{source}_seed{seed}.safetensors"
 SEGMENT_EVAL = "segment_eval/{backbone}/{dataset}/r{source}_seed{seed}.csv"
+TASKS_DIR = "tasks"              # generated tasks: results/<name>/tasks/<task>/ (VTAB-1k layout)
+GENERATED_FAMILY = "fmnist_vtab"  # datasets `tocom make-tasks` writes (tocom/data/fmnist_tasks.py)
 SEGMENT_METHOD = "tome_ffn"     # the plugins of Table 11 are distilled with tokens merged before each FFN
 
 
@@ -108,7 +118,9 @@ class SegmentRun:
 @dataclass(frozen=True)
 class FinetuneRun:
     """One fine-tune. role "final": the model that is evaluated; "select": its companion trained on
-    `train` at the same source r, which chooses s on `val` when the final model trained on val too."""
+    `train` at the same source r, which chooses s on `val` when the final model trained on val too.
+    `method` is the compression active while training: UNCOMPRESSED for the source r = 0 model that
+    every method shares (see `Grid._finetune`)."""
     backbone: str
     method: str
     dataset: str
@@ -124,11 +136,6 @@ class FinetuneRun:
     @property
     def path(self) -> str:
         return ROLES[self.role].format(**self._fields())
-
-    @property
-    def eval_path(self) -> str:
-        return EVAL.format(**self._fields())
-
 
 
 @dataclass(frozen=True)
@@ -161,10 +168,19 @@ class SearchRun:
 
 @dataclass
 class EvalRun:
+    """One fine-tuned model evaluated under `method` (the fine-tune's own, or any method for a model
+    fine-tuned at source r = 0)."""
     finetune: FinetuneRun
+    method: str
     targets: set[int] = field(default_factory=set)
     variants: set[str] = field(default_factory=set)
     selector: FinetuneRun | None = None
+
+    @property
+    def path(self) -> str:
+        ft = self.finetune
+        return EVAL.format(backbone=ft.backbone, method=self.method, dataset=dataset_key(ft.dataset),
+                           source=ft.source, seed=ft.seed)
 
 
 @dataclass(frozen=True)
@@ -176,6 +192,7 @@ class TransferRun:
     high_r: int
     target_r: int
     seed: int
+    models: tuple = field(default=(), compare=False)   # its FinetuneRuns: M_high^A, M_0^A, M_0^B
 
     @property
     def path(self) -> str:
@@ -275,14 +292,21 @@ class Grid:
 
     # ---- expansion -----------------------------------------------------------------------------
     def _finetune(self, backbone, method, dataset, source, seed, recipe) -> FinetuneRun:
+        """The fine-tune `method` asks for. At source r = 0 nothing is compressed while training, so
+        every method shares one run (filed under UNCOMPRESSED), unless the recipe's search runs at a
+        source r > 0: then the settings it applies depend on the method, and so does the model."""
         if recipe not in self.recipes:
             raise TocomError(f"recipe {recipe!r} is not defined under `recipes`; define it or use one of "
                              f"{', '.join(self.recipes)}")
-        run = FinetuneRun(backbone, method, dataset, int(source), int(seed), recipe)
+        search = self.recipes[recipe][1]
+        shared = int(source) == 0 and not (search and search.source_r)
+        run = FinetuneRun(backbone, UNCOMPRESSED if shared else method, dataset, int(source), int(seed), recipe)
         other = self.finetunes.get(run.path)
         if other is not None and other.recipe != recipe:
+            where = (f"{backbone} at source r = 0 (one fine-tune serves every method)" if shared
+                     else f"{backbone}/{method}")
             raise TocomError(f"{dataset} is fine-tuned with two recipes ({other.recipe}, {recipe}) for "
-                             f"{backbone}/{method}; use one recipe per dataset and backbone")
+                             f"{where}; use one recipe per dataset and backbone")
         self.finetunes[run.path] = run
         for cand in self._search_runs(run):
             self.searches[cand.path] = cand
@@ -290,11 +314,11 @@ class Grid:
 
     def _search_runs(self, run: FinetuneRun) -> list[SearchRun]:
         """The candidates whose winner `run` uses. At source r = 0 nothing is compressed, so one search
-        (filed under ToMe) serves every method of a backbone and dataset."""
+        (filed under UNCOMPRESSED) serves every method of a backbone and dataset."""
         search = self.search_for(run)
         if not search:
             return []
-        method = run.method if search.source_r else "tome"
+        method = run.method if search.source_r else UNCOMPRESSED
         return [SearchRun(run.backbone, method, run.dataset, run.seed, run.recipe, search.source_r,
                           tuple(sorted(overrides.items()))) for overrides in search.candidates()]
 
@@ -324,7 +348,8 @@ class Grid:
                     for source in block["sources"]:
                         for seed in self.seeds:
                             run = self._finetune(backbone, method, dataset, source, seed, block["recipe"])
-                            ev = self.evals.setdefault(run.eval_path, EvalRun(run))
+                            ev = EvalRun(run, method)
+                            ev = self.evals.setdefault(ev.path, ev)
                             ev.targets.update(int(t) for t in block["targets"])
                             ev.variants.update(variants)
                             ev.selector = self._selector(run)
@@ -342,11 +367,11 @@ class Grid:
             self._check_degrees(t["backbone"], [t["high_r"], t["target_r"]], "transfer")
             for b in t["b"]:
                 for seed in self.seeds:
-                    for source, dataset, recipe in ((t["high_r"], t["a"], t["recipe_a"]), (0, t["a"], t["recipe_a"]),
-                                                    (0, b, t["recipe_b"])):
-                        self._finetune(t["backbone"], t["method"], dataset, source, seed, recipe)
+                    models = tuple(self._finetune(t["backbone"], t["method"], dataset, source, seed, recipe)
+                                   for source, dataset, recipe in ((t["high_r"], t["a"], t["recipe_a"]),
+                                                                   (0, t["a"], t["recipe_a"]), (0, b, t["recipe_b"])))
                     self.transfers.append(TransferRun(t["backbone"], t["method"], t["a"], b, int(t["high_r"]),
-                                                      int(t["target_r"]), seed))
+                                                      int(t["target_r"]), seed, models))
 
     def _expand_bench(self) -> None:
         for b in self.config.get("bench", []):
@@ -448,10 +473,13 @@ class Grid:
 
         A configured `data_root` is never ignored: datasets whose documented default is an absolute
         system path (Fashion-MNIST's Debian package) are looked for under data_root/<its folder name>.
+        Tasks the workflow generates live with the run's results (`generated_root`).
         """
         roots = self.config.get("data_roots") or {}
         if dataset in roots:
             return roots[dataset]
+        if is_generated(dataset):
+            return self.generated_root
         base = self.config.get("data_root")
         if base:
             from .data import get_spec
@@ -469,12 +497,30 @@ class Grid:
         names |= {r.dataset for r in self.segments.values()}
         return names
 
+    @property
+    def generated_root(self) -> str:
+        """Where the workflow writes the generated tasks (one folder per task), relative to the workdir."""
+        return f"results/{self.name}/{TASKS_DIR}"
+
+    def generated_datasets(self) -> list[str]:
+        """The grid's datasets that the workflow generates itself (`tocom make-tasks`), unless a
+        `data_roots` entry points at a copy made elsewhere."""
+        roots = self.config.get("data_roots") or {}
+        return sorted(d for d in self.datasets() if is_generated(d) and d not in roots)
+
+    def task_settings(self) -> TaskSettings:
+        return TaskSettings.from_mapping(dict(self.config.get("tasks") or {}), "tasks")
+
     def _check_data(self) -> None:
         from .data import get_spec
         from .data.registry import resolve_root
 
+        self.task_settings()
+        generated = set(self.generated_datasets())
         for name in sorted(self.datasets()):
-            resolve_root(get_spec(name), self.data_root(name))
+            get_spec(name)
+            if name not in generated:          # written by the workflow's tasks rule before any job reads it
+                resolve_root(get_spec(name), self.data_root(name))
 
     # ---- what the workflow asks for ------------------------------------------------------------
     def pretrained_backbones(self) -> list[str]:

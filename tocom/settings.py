@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from .errors import TocomError
 
 METHODS = ("tome", "evit", "idle")
+UNCOMPRESSED = "none"              # a model fine-tuned at r = 0: nothing compressed, so no method applies
 DENSE_METHODS = ("tome_ffn",)      # dense prediction (Table 11): merged before each FFN, unmerged after
 VARIANTS = ("tocom", "shared", "no_inversion")
 LOSSES = ("kd", "cls", "features")
@@ -290,6 +291,17 @@ class SegmentSettings(Settings):
     drop_path: float = setting(0.1, "encoder stochastic depth", check="unit")
     decoder_depth: int = setting(2, "Mask Transformer layers", check="nonneg")
     ignore_index: int = setting(255, "label ignored by the cross-entropy and mIoU", check="nonneg")
+
+
+@dataclass(frozen=True)
+class TaskSettings(Settings):
+    """The generated VTAB-1k-style tasks (`tocom make-tasks`, tocom/data/fmnist_tasks.py): sizes of the
+    VTAB-1k splits and the seed that fixes every image."""
+    stage = "tasks"
+    seed: int = setting(0, "generation seed (same seed, byte-identical tasks)", check="nonneg")
+    n_train: int = setting(800, "images in train800", check="positive")
+    n_val: int = setting(200, "images in val200", check="positive")
+    n_test: int = setting(500, "images in test", check="positive")
 
 
 @dataclass(frozen=True)

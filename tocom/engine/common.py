@@ -250,7 +250,12 @@ def release_output_lock(out: str | Path) -> None:
 @dataclass
 class Fit:
     """One training run. `module(images, labels)` returns the loss; its trainable parameters are
-    those with requires_grad, and they are what checkpoints hold."""
+    those with requires_grad, and they are what checkpoints hold.
+
+    The defaults are the classification recipe (AdamW, warm-up + cosine to `min_lr`, whole epochs).
+    Segmentation (Segmenter's recipe) sets `optimizer="sgd"` (with `momentum`), `schedule="poly"`
+    (lr = min_lr + (lr - min_lr) (1 - t) ** poly_power, t the fraction of the post-warm-up steps done)
+    and `max_steps` (a budget in optimizer steps: the last epoch stops part-way)."""
     module: torch.nn.Module
     epochs: int
     lr: float
@@ -259,6 +264,11 @@ class Fit:
     min_lr: float = 1e-6
     clip_grad: float | None = None
     desc: str = "train"
+    optimizer: str = "adamw"            # "adamw" | "sgd"
+    momentum: float = 0.9               # sgd only
+    schedule: str = "cosine"            # "cosine" | "poly"
+    poly_power: float = 0.9             # poly only
+    max_steps: int | None = None        # stop after this many optimizer steps in all (None: epochs x batches)
 
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         return {k: p for k, p in self.module.named_parameters() if p.requires_grad}
@@ -266,7 +276,8 @@ class Fit:
 
 def fit(job: Fit, train_loader: DataLoader, out: str | Path, rt: Runtime, seed: int, progress: bool = True,
         *, fingerprint: dict | None = None) -> None:
-    """AdamW + warm-up + cosine over `job.module`, under DDP when distributed, resumable per epoch.
+    """AdamW + warm-up + cosine (or SGD / poly, see `Fit`) over `job.module`, under DDP when
+    distributed, resumable per epoch.
 
     `fingerprint`: every setting of the caller that shapes the result (data, model, loss, ...); saved
     state is resumed only when it and fit's own settings are unchanged. Rank 0 holds `<out>.lock` from
@@ -286,19 +297,39 @@ def fit(job: Fit, train_loader: DataLoader, out: str | Path, rt: Runtime, seed: 
 def _fit(job: Fit, train_loader: DataLoader, out: Path, rt: Runtime, seed: int, progress: bool,
          fingerprint: dict | None) -> None:
     params = job.trainable()
-    opt = torch.optim.AdamW(params.values(), lr=job.lr, weight_decay=job.weight_decay)
+    if job.optimizer == "adamw":
+        opt = torch.optim.AdamW(params.values(), lr=job.lr, weight_decay=job.weight_decay)
+    elif job.optimizer == "sgd":
+        opt = torch.optim.SGD(params.values(), lr=job.lr, momentum=job.momentum, weight_decay=job.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {job.optimizer!r}; expected 'adamw' or 'sgd'")
+    if job.schedule not in ("cosine", "poly"):
+        raise ValueError(f"unknown schedule {job.schedule!r}; expected 'cosine' or 'poly'")
     steps_per_epoch = max(1, len(train_loader))
     total = job.epochs * steps_per_epoch
+    if job.max_steps is not None:
+        total = max(1, min(total, int(job.max_steps)))
     warm = int(job.warmup_epochs * steps_per_epoch)
     stamp = {"settings": fingerprint,
              "fit": {"epochs": job.epochs, "lr": job.lr, "weight_decay": job.weight_decay,
                      "warmup_epochs": job.warmup_epochs, "min_lr": job.min_lr, "clip_grad": job.clip_grad,
                      "seed": seed, "steps_per_epoch": steps_per_epoch, "world": rt.world,
                      "trainable": {k: list(p.shape) for k, p in params.items()}}}
+    # Only what differs from the classification recipe joins the stamp, so resume state written
+    # before these options existed still matches.
+    if job.optimizer != "adamw":
+        stamp["fit"].update(optimizer=job.optimizer, momentum=job.momentum)
+    if job.schedule != "cosine":
+        stamp["fit"].update(schedule=job.schedule, poly_power=job.poly_power)
+    if job.max_steps is not None:
+        stamp["fit"]["max_steps"] = total
 
     def lr_at(step: int) -> float:
         if step < warm:
             return job.lr * (step + 1) / warm
+        if job.schedule == "poly":
+            frac = min(step - warm, total - warm) / max(1, total - warm)
+            return job.min_lr + (job.lr - job.min_lr) * (1 - frac) ** job.poly_power
         t = (step - warm) / max(1, total - warm)
         return job.min_lr + 0.5 * (job.lr - job.min_lr) * (1 + math.cos(math.pi * t))
 
@@ -320,17 +351,24 @@ def _fit(job: Fit, train_loader: DataLoader, out: Path, rt: Runtime, seed: int, 
     step = start * steps_per_epoch
     for epoch in range(start, job.epochs):
         # Everything random depends only on (seed, epoch), so a resumed run sees the same batches,
-        # the same sampled degrees and the same dropout as an uninterrupted one.
+        # the same sampled degrees, the same dropout and the same augmentations as an uninterrupted
+        # one: torch's RNG (degrees, dropout, stochastic depth, torchvision transforms), numpy's (timm's
+        # Mixup/CutMix) and Python's (timm's RandAugment) when the main process loads the data; loader
+        # workers are seeded from the loader's generator.
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
         if train_loader.generator is not None:
             train_loader.generator.manual_seed(seed * 1000 + epoch)
         torch.manual_seed(seed * 1000 + epoch + 1)
+        np.random.seed((seed * 1000 + epoch + 1) % 2**32)
+        random.seed(seed * 1000 + epoch + 1)
         job.module.train()
         bar = tqdm(train_loader, desc=f"{job.desc} {epoch + 1}/{job.epochs}", disable=not (progress and rt.main),
                    leave=False, dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
         started, losses = time.time(), []
         for images, labels in bar:
+            if step >= total:     # a step budget (max_steps) ends the last epoch part-way
+                break
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             images, labels = images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)

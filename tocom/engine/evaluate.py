@@ -27,7 +27,7 @@ from ..compress import max_r, method_of, patch, set_r
 from ..errors import TocomError
 from ..io import write_csv
 from ..plugin import ToCom, compensate
-from ..settings import EvalSettings, RunSettings, splits_overlap
+from ..settings import UNCOMPRESSED, EvalSettings, RunSettings, splits_overlap
 from .common import accuracy, loader, runtime
 
 COLUMNS = ["dataset", "backbone", "method", "source_r", "target_r", "tocom", "variant", "s", "split", "seed",
@@ -40,6 +40,20 @@ def check_classes(model: nn.Module, data, what: str) -> None:
     if n is not None and getattr(model, "num_classes", n) != n:
         raise TocomError(f"{what} has {model.num_classes} classes but {data.name} has {n}; evaluate it on the "
                          "dataset it was fine-tuned on")
+
+
+def resolve_method(meta: dict, model: nn.Module, method: str | None = None) -> str:
+    """The compression a model is evaluated under: `method` when given, else the one it was fine-tuned
+    with (its header), else the one it is patched with, else ToMe. A model fine-tuned at r = 0 records
+    UNCOMPRESSED (nothing was compressed, so every method may evaluate it) and falls through to the latter."""
+    if method:
+        trained = meta.get("method")
+        if int(meta.get("source_r", 0)) and trained not in (None, UNCOMPRESSED, method):
+            print(f"[tocom] warning: the model was fine-tuned with {trained} at r={meta['source_r']}; "
+                  f"evaluating it with {method}", file=sys.stderr)
+        return method
+    trained = meta.get("method")
+    return trained if trained and trained != UNCOMPRESSED else method_of(model) or "tome"
 
 
 def check_selection(meta: dict, select_split: str, what: str) -> None:
@@ -69,17 +83,20 @@ def choose_scale(grid: Sequence[float], rows: list[dict], switch, score) -> floa
 def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence[int],
                    plugins: dict[str, ToCom] | None = None, s: EvalSettings | None = None,
                    run: RunSettings | None = None, selector: tuple[nn.Module, dict, object] | None = None,
-                   out: str | Path | None = None) -> pd.DataFrame:
+                   out: str | Path | None = None, method: str | None = None) -> pd.DataFrame:
     """Top-1 of `model` (fine-tuned at meta['source_r']) at each target r, plain and with each plugin.
+
+    method: the compression to evaluate under (`resolve_method`: default, the one it was fine-tuned with).
 
     splits: {"val": dataset, "test": dataset, ...}; plugins: {label: plugin} (the label fills the
     `variant` column, e.g. "tocom", "shared", "h4"); each is scored on the grid scaled to the s it was
     distilled at (`plugin.train_scale`, from its header; the grid's reference when unknown).
     selector: (model, meta, dataset of the selection split) that chooses s instead of `model` itself;
-    it must be fine-tuned at the same source r.
+    it must be fine-tuned at the same source r (and, above r = 0, with the same method).
     """
     s, run = s or EvalSettings(), run or RunSettings()
-    method, source = meta.get("method") or method_of(model) or "tome", int(meta.get("source_r", 0))
+    method, source = resolve_method(meta, model, method), int(meta.get("source_r", 0))
+    trained = meta.get("method") or method
     patch(model, method)
     too_big = [t for t in targets if t > max_r(model)]
     if too_big:
@@ -90,9 +107,9 @@ def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence
     select = s.select_split
     if selector is not None:
         sel_model, sel_meta, sel_data = selector
-        if int(sel_meta.get("source_r", -1)) != source or sel_meta.get("method", method) != method:
+        if int(sel_meta.get("source_r", -1)) != source or (source and sel_meta.get("method", trained) != trained):
             raise TocomError("the selection model must be fine-tuned with the same method at the same source r "
-                             f"as the evaluated one (r={source}, {method})")
+                             f"as the evaluated one (r={source}, {trained if source else UNCOMPRESSED})")
         patch(sel_model, method)
         models["select"] = (sel_model, sel_meta)
         eval_splits = {k: v for k, v in eval_splits.items() if k != select}
@@ -161,11 +178,13 @@ def task_arithmetic(high_a: dict, low_a: dict, low_b: dict) -> dict:
 
 def transfer(model_b: nn.Module, meta_b: dict, high_a: dict, low_a: dict, test_set, target_r: int,
              s: EvalSettings | None = None, run: RunSettings | None = None,
-             out: str | Path | None = None) -> pd.DataFrame:
-    """Table 1: top-1 on B at `target_r` of M_0^B and of M_16^A - M_0^A + M_0^B."""
+             out: str | Path | None = None, method: str | None = None) -> pd.DataFrame:
+    """Table 1: top-1 on B at `target_r` of M_0^B and of M_16^A - M_0^A + M_0^B, under `method`
+    (`resolve_method`: default, the one M_0^B records, i.e. ToMe for the uncompressed r = 0 model)."""
     s, run = s or EvalSettings(), run or RunSettings()
     rt = runtime(run.device, amp=True)
-    patch(model_b, meta_b.get("method", "tome"))
+    method = resolve_method(meta_b, model_b, method)
+    patch(model_b, method)
     if not 0 <= target_r <= max_r(model_b):
         raise TocomError(f"target r {target_r} is outside what the backbone carries (0..{max_r(model_b)})")
     check_classes(model_b, test_set, "model B")
@@ -181,7 +200,7 @@ def transfer(model_b: nn.Module, meta_b: dict, high_a: dict, low_a: dict, test_s
         model_b.load_state_dict(state)
         top1, n = accuracy(model_b, data, rt, progress, desc=name)
         rows.append(dict(dataset=meta_b.get("dataset", ""), backbone=meta_b.get("backbone", ""),
-                         method=meta_b.get("method", "tome"), model=name, target_r=target_r, seed=seed, top1=top1, n=n))
+                         method=method, model=name, target_r=target_r, seed=seed, top1=top1, n=n))
     model_b.load_state_dict(plain)
     df = pd.DataFrame(rows)
     if out:
@@ -196,7 +215,7 @@ def score(model: nn.Module, meta: dict, data, s: EvalSettings, run: RunSettings,
     check_classes(model, data, "the model")
     check_selection(meta, data.split, "the model")
     rt = runtime(run.device, amp=True)
-    patch(model, meta.get("method", "tome"))
+    patch(model, resolve_method(meta, model))
     set_r(model, int(meta.get("source_r", 0)))
     model.to(rt.device).eval()
     top1, n = accuracy(model, loader(data, s.batch_size, rt, train=False, seed=run.seed), rt, not run.quiet)

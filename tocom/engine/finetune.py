@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adapters import add_adapters
-from ..compress import max_r, patch, set_r
+from ..compress import METHODS, max_r, patch, set_r
 from ..errors import TocomError
 from ..models import save_model
-from ..settings import FinetuneSettings, PretrainSettings, RunSettings
+from ..settings import UNCOMPRESSED, FinetuneSettings, PretrainSettings, RunSettings
 from .common import Fit, Runtime, finish, fit, loader, runtime, seed_everything
 
 
@@ -55,10 +55,16 @@ class Classification(nn.Module):
 def train_classifier(model: nn.Module, train_set, out: str | Path, meta: dict,
                      s: FinetuneSettings | PretrainSettings | None = None, run: RunSettings | None = None,
                      method: str = "tome", r: int = 0, rt: Runtime | None = None) -> nn.Module:
-    """Train `model` on `train_set` with `method` at degree `r`; save it (weights + settings) to `out`."""
+    """Train `model` on `train_set` with `method` at degree `r`; save it (weights + settings) to `out`.
+
+    At r = 0 nothing is compressed, whatever `method` (UNCOMPRESSED included): the run is the same for
+    every method and the checkpoint records method UNCOMPRESSED."""
     s, run = s or FinetuneSettings(), run or RunSettings()
     mode = getattr(s, "mode", "full")
-    patch(model, method)
+    if method == UNCOMPRESSED and r:
+        raise TocomError(f"method {UNCOMPRESSED!r} trains uncompressed, at r = 0; got r={r}")
+    patch(model, METHODS[0] if method == UNCOMPRESSED else method)
+    method = UNCOMPRESSED if r == 0 else method
     if r > max_r(model):
         raise TocomError(f"r={r} exceeds what the backbone carries (max r = {max_r(model)} for "
                          f"{model.patch_embed.num_patches} patch tokens over {len(model.blocks)} blocks)")

@@ -23,7 +23,7 @@ AGGREGATES = [f"{OUT}/tables/{t}" for t in ("eval.csv", "transfer.csv", "bench.c
 
 wildcard_constraints:
     backbone=r"[^/]+",
-    method=r"tome_ffn|tome|evit|idle",
+    method=r"tome_ffn|tome|evit|idle|none",     # none: the source r = 0 fine-tunes every method shares
     dataset=r"[^/]+",
     variant=r"[^/]+",
     source=r"\d+",

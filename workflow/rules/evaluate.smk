@@ -1,4 +1,5 @@
-# Stage 4: one grouped job per fine-tuned model: every target r, plain and with each plugin.
+# Stage 4: one job per fine-tuned model and compression method: every target r, plain and with each
+# plugin. A model fine-tuned at source r = 0 (filed under method none) is evaluated once per method.
 
 
 def eval_run(wc):
@@ -17,7 +18,8 @@ def eval_selector(wc):
 def eval_flags(wc):
     ev = eval_run(wc)
     return " ".join([
-        flags(targets=sorted(ev.targets), plugin=[f"{v}={p}" for v, p in eval_plugins(wc).items()],
+        flags(method=ev.method, targets=sorted(ev.targets),
+              plugin=[f"{v}={p}" for v, p in eval_plugins(wc).items()],
               select_checkpoint=(eval_selector(wc) or [None])[0]),
         GRID.eval_settings.cli_args(),
         common_flags(ev.finetune.dataset, ev.finetune.seed),
@@ -26,9 +28,10 @@ def eval_flags(wc):
 
 rule evaluate:
     input:
-        model=f"{OUT}/{FINETUNE}",
+        model=lambda wc: f"{OUT}/{eval_run(wc).finetune.path}",
         selector=eval_selector,
         plugins=lambda wc: list(eval_plugins(wc).values()),
+        data=lambda wc: data_input(eval_run(wc).finetune.dataset),
     output:
         f"{OUT}/{EVAL}",
     log:

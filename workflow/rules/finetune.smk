@@ -26,6 +26,7 @@ def chosen_flag(run):
 rule search_candidate:
     input:
         backbone_input,
+        lambda wc: data_input(dataset_name(wc.dataset)),
     output:
         model=f"{OUT}/{SEARCH}",
         score=f"{OUT}/{SEARCH}.score.json",
@@ -63,6 +64,7 @@ rule finetune:
     input:
         backbone_input,
         lambda wc: chosen_input(GRID.finetune_run(**wc)),
+        lambda wc: data_input(dataset_name(wc.dataset)),
     output:
         f"{OUT}/{FINETUNE}",
     log:
@@ -83,6 +85,7 @@ rule finetune_select:
     input:
         backbone_input,
         lambda wc: chosen_input(GRID.finetune_run("select", **wc)),
+        lambda wc: data_input(dataset_name(wc.dataset)),
     output:
         f"{OUT}/{SELECT}",
     log:

@@ -6,18 +6,15 @@ def transfer_run(wc):
 
 
 def transfer_models(wc):
-    t = transfer_run(wc)
-
-    def model(dataset, source):
-        return f"{OUT}/" + FINETUNE.format(backbone=t.backbone, method=t.method, dataset=dataset, source=source,
-                                           seed=t.seed)
-
-    return dict(high_a=model(wc.a, t.high_r), low_a=model(wc.a, 0), model_b=model(wc.b, 0))
+    """M_high^A, M_0^A and M_0^B (the r = 0 models are the fine-tunes every method shares)."""
+    high_a, low_a, model_b = transfer_run(wc).models
+    return dict(high_a=f"{OUT}/{high_a.path}", low_a=f"{OUT}/{low_a.path}", model_b=f"{OUT}/{model_b.path}")
 
 
 rule transfer:
     input:
         unpack(transfer_models),
+        data=lambda wc: data_input(dataset_name(wc.b)),
     output:
         f"{OUT}/{TRANSFER}",
     benchmark:
@@ -26,8 +23,8 @@ rule transfer:
         f"{LOGS}/transfer/{{backbone}}_{{method}}_{{a}}_to_{{b}}_r{{high}}_seed{{seed}}.log",
     params:
         launch=launch("eval"),
-        args=lambda wc: flags(target_r=transfer_run(wc).target_r) + " " + GRID.eval_settings.cli_args()
-        + " " + common_flags(dataset_name(wc.b), int(wc.seed)),
+        args=lambda wc: " ".join([flags(method=wc.method, target_r=transfer_run(wc).target_r),
+                                  GRID.eval_settings.cli_args(), common_flags(dataset_name(wc.b), int(wc.seed))]),
     wildcard_constraints:
         a=r"[^/]+?",
         b=r"[^/]+?",

@@ -31,6 +31,7 @@ import yaml
 
 from tocom.compress import flops, patch
 from tocom.experiments import Grid, dataset_key
+from tocom.settings import UNCOMPRESSED
 
 REPO = Path(__file__).resolve().parents[2]
 ANCHOR_GPU_HOURS, ANCHOR_IMAGES, ANCHOR_EPOCHS = 1.8 * 8, 1_281_167, 10
@@ -105,6 +106,7 @@ def estimate(config: dict) -> pd.DataFrame:
     cache: dict = {}
 
     def cost(backbone: str, method: str, r: int) -> float:
+        method = "tome" if method == UNCOMPRESSED else method      # r = 0: the plain ViT, whatever the method
         key = (config["backbones"][backbone]["timm"], method)
         if key not in cache:
             cache[key] = gflops_table(*key, grid.geometry(backbone)["max_r"])
@@ -144,15 +146,15 @@ def estimate(config: dict) -> pd.DataFrame:
                      * cost(cand.backbone, cand.method, cand.source)))
     n_scales = len(ev.scales)
     for ev_run in grid.evals.values():
-        ft = ev_run.finetune
+        ft, method = ev_run.finetune, ev_run.method   # (a shared r = 0 model is evaluated once per method)
         val, test = size(ft.dataset, "val", ev.limit), size(ft.dataset, "test", ev.limit)
-        total = sum((val + test) * cost(ft.backbone, ft.method, t) for t in ev_run.targets)
-        total += sum(len(ev_run.variants) * (n_scales * val + test) * cost(ft.backbone, ft.method, t)
+        total = sum((val + test) * cost(ft.backbone, method, t) for t in ev_run.targets)
+        total += sum(len(ev_run.variants) * (n_scales * val + test) * cost(ft.backbone, method, t)
                      for t in ev_run.targets if t != ft.source)
         if ev_run.selector is not None:               # the companion scores s on val as well
-            total += sum((1 + len(ev_run.variants) * n_scales) * val * cost(ft.backbone, ft.method, t)
+            total += sum((1 + len(ev_run.variants) * n_scales) * val * cost(ft.backbone, method, t)
                          for t in ev_run.targets if t != ft.source)
-        rows.append(("evaluate", f"{ft.backbone}_{ft.method}_{dataset_key(ft.dataset)}_r{ft.source}_seed{ft.seed}",
+        rows.append(("evaluate", f"{ft.backbone}_{method}_{dataset_key(ft.dataset)}_r{ft.source}_seed{ft.seed}",
                      total))
     for t in grid.transfers:
         job = f"{t.backbone}_{t.method}_{dataset_key(t.a)}_to_{dataset_key(t.b)}_r{t.high_r}_seed{t.seed}"
