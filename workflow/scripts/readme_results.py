@@ -25,10 +25,9 @@ START, END = "<!-- cpu-results", "<!-- /cpu-results -->"
 PAIRS = [("tome", 0, 4), ("tome", 0, 2), ("tome", 4, 0), ("evit", 0, 4), ("evit", 0, 2), ("idle", 0, 4),
          ("idle", 0, 2)]
 NAMES = {"tome": "ToMe (merge)", "evit": "EViT (prune)", "idle": "IdleViT (idle)"}
-STAGES = {"pretrain": "pretrain backbone", "make_task": "generate tasks", "distill": "distil plugins",
-          "finetune": "fine-tune", "evaluate": "cross-evaluate", "transfer": "transfer check",
-          "bench": "bench", "segment_finetune": "segmentation fine-tune",
-          "segment_evaluate": "segmentation eval"}
+STAGES = {"pretrain": "pretrain backbone", "distill": "distil plugins", "finetune": "fine-tune",   # benchmark
+          "evaluate": "cross-evaluate", "transfer": "transfer check", "bench": "bench",           # folders
+          "segment": "segmentation fine-tune", "segment_eval": "segmentation eval"}
 
 
 def config_digest(path: Path) -> str:
