@@ -1,3 +1,6 @@
+    # one sbatch job per non-local job (the profile groups nothing: see profiles/slurm/config.yaml)
+    assert not re.findall(r"Group job \w+ \(jobs", log)
+    assert len(job_ids) == total - local and len(set(job_ids)) == len(job_ids), (len(job_ids), total, local)
 """End-to-end test of the SLURM profile against a real SLURM cluster.
 
 Runs the tiny workflow in tests/fixtures/slurm_wf with ``--profile slurm`` (the
