@@ -1,6 +1,3 @@
-    # one sbatch job per non-local job (the profile groups nothing: see profiles/slurm/config.yaml)
-    assert not re.findall(r"Group job \w+ \(jobs", log)
-    assert len(job_ids) == total - local and len(set(job_ids)) == len(job_ids), (len(job_ids), total, local)
 """End-to-end test of the SLURM profile against a real SLURM cluster.
 
 Runs the tiny workflow in tests/fixtures/slurm_wf with ``--profile slurm`` (the
@@ -162,13 +159,9 @@ def test_smoke_pipeline_through_the_slurm_profile(tmp_path):
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", log)
     local = len(re.findall(r"^localrule \w+:", log, re.M))
     total = int(re.search(r"^total\s+(\d+)$", log, re.M).group(1))
-    # the profile groups each fine-tune with the evaluation of its checkpoint: one sbatch job per pair
-    groups = len(re.findall(r"Group job \w+ \(jobs", log))
-    grouped = len(re.findall(r"^\s+rule \w+:", log, re.M))
-    evaluations = len(re.findall(r"^\s+rule evaluate:", log, re.M))
-    assert evaluations == len(re.findall(r"^\s*rule evaluate:", log, re.M)) > 0 and groups > 0, (groups, evaluations)
-    assert len(job_ids) == total - local - grouped + groups and len(set(job_ids)) == len(job_ids), \
-        (len(job_ids), total, local, groups)
+    # one sbatch job per non-local job (the profile groups nothing: see profiles/slurm/config.yaml)
+    assert not re.findall(r"Group job \w+ \(jobs", log)
+    assert len(job_ids) == total - local and len(set(job_ids)) == len(job_ids), (len(job_ids), total, local)
     states = subprocess.run(["squeue", "-h", "--states=all", "-j", ",".join(job_ids), "-o", "%i|%T"],
                             capture_output=True, text=True, env=_env(), timeout=30)
     seen = dict(line.split("|", 1) for line in states.stdout.split() if "|" in line)
