@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import re
+import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "report"))
+from common import pair_diffs, pair_test, select  # noqa: E402  (the report's paired test, one definition)
 
 START, END = "<!-- cpu-results", "<!-- /cpu-results -->"
 PAIRS = [("tome", 0, 4), ("tome", 0, 2), ("tome", 4, 0), ("evit", 0, 4), ("evit", 0, 2), ("idle", 0, 4),
@@ -34,32 +35,20 @@ def config_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def interval(d: np.ndarray) -> str:
-    if len(d) < 2:
-        return f"{d.mean():+.1f}" if len(d) else "–"
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-    return f"{d.mean():+.1f} ± {half:.1f}"
-
-
-def rows_for(ev: pd.DataFrame, method: str, source: int, target: int, tocom: bool) -> pd.Series:
-    r = ev[(ev.method == method) & (ev.source_r == source) & (ev.target_r == target)]
-    r = r[(r.tocom == 1) & (r.variant == "tocom") & r.selected.astype(bool)] if tocom else r[r.tocom == 0]
-    return r.groupby(["dataset", "seed"]).top1.mean()
-
-
 def main_table(ev: pd.DataFrame) -> list[str]:
     lines = ["| method | source → target | tasks × seeds | at source r | plain at target | + ToCom | "
              "ToCom gain (95 % CI) | Wilcoxon p |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for method, source, target in PAIRS:
-        plain, tocom = rows_for(ev, method, source, target, False), rows_for(ev, method, source, target, True)
-        at_source = rows_for(ev, method, source, source, False)
+        rows = ev[ev.method == method]
+        plain, tocom = select(rows, source, target), select(rows, source, target, "tocom")
         if plain.empty or tocom.empty:
             continue
-        d = (tocom - plain).dropna().to_numpy()
-        p = stats.wilcoxon(d).pvalue if len(d) >= 6 and np.any(d != 0) else math.nan
-        lines.append(f"| {NAMES[method]} | {source} → {target} | {len(d)} | {at_source.mean():.1f} | "
-                     f"{plain.mean():.1f} | {tocom.mean():.1f} | {interval(d)} | "
-                     f"{'–' if math.isnan(p) else f'{p:.3g}'} |")
+        t = pair_test(pair_diffs(plain, tocom))
+        gain = f"{t['mean']:+.1f}" + ("" if t["ci"] != t["ci"] else f" ± {t['ci']:.1f}")
+        p = "–" if t["too_few"] or t["p_wilcoxon"] != t["p_wilcoxon"] else f"{t['p_wilcoxon']:.3g}"
+        lines.append(f"| {NAMES[method]} | {source} → {target} | {t['n_pairs']} | "
+                     f"{select(rows, source, source).top1.mean():.1f} | {plain.top1.mean():.1f} | "
+                     f"{tocom.top1.mean():.1f} | {gain} | {p} |")
     return lines
 
 
