@@ -248,3 +248,30 @@ def test_readme_quotes_a_run_of_the_committed_cpu_config():
     assert found, "README.md has no generated CPU results block: run the default, then workflow/scripts/readme_results.py"
     assert found.group(1) == hashlib.sha256((ROOT / "config/cpu.yaml").read_bytes()).hexdigest()[:16], \
         "config/cpu.yaml changed since the run the README quotes: rerun it and regenerate the block"
+
+
+def test_readme_stage_times_come_from_the_snakemake_log(tmp_path):
+    """Jobs run side by side, so a stage's place on the run's timeline is read from Snakemake's log (job
+    start and finish), not summed from benchmark files; a log in Snakemake 9's format, two jobs overlapping."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+    import readme_results
+
+    log = tmp_path / "run.snakemake.log"
+    log.write_text(
+        "[Sun Nov 22 08:00:00 2026]\nrule pretrain_backbone:\n    output: a\n    jobid: 3\n    threads: 2\n"
+        "[Sun Nov 22 08:10:00 2026]\nFinished jobid: 3 (Rule: pretrain_backbone)\n1 of 4 steps (25%) done\n"
+        "[Sun Nov 22 08:10:00 2026]\nrule distill:\n    output: b\n    jobid: 7\n"
+        "[Sun Nov 22 08:11:00 2026]\nrule distill:\n    output: c\n    jobid: 8\n"
+        "[Sun Nov 22 08:14:00 2026]\nlocalrule make_task:\n    jobid: 9\n"
+        "[Sun Nov 22 08:14:30 2026]\nFinished jobid: 9 (Rule: make_task)\n"
+        "[Sun Nov 22 08:16:00 2026]\nFinished jobid: 8 (Rule: distill)\n"
+        "[Sun Nov 22 08:20:00 2026]\nFinished jobid: 7 (Rule: distill)\n")
+    jobs = readme_results.job_times(log)
+    assert sorted(jobs.rule) == ["distill", "distill", "make_task", "pretrain_backbone"]
+    runtime = pd.DataFrame({"rule": ["pretrain", "distill", "distill"], "job": ["p", "d1", "d2"],
+                            "s": [600.0, 600.0, 300.0]})
+    table = readme_results.stage_table(runtime, jobs)
+    assert "| pretrain backbone | 1 | 10.0 | 0 → 10 |" in table
+    assert "| distil plugins | 2 | 15.0 | 10 → 20 |" in table   # 15 job-minutes in 10 minutes of wall-clock

@@ -1,11 +1,13 @@
 """Write the README's "What the CPU default shows" block from a finished run; the block is generated,
 never edited by hand.
 
-    python workflow/scripts/readme_results.py results/cpu --config config/cpu.yaml --wall "74 min"
+    python workflow/scripts/readme_results.py results/cpu --config config/cpu.yaml --wall "74 min" \
+        --log .snakemake/log/<the run>.snakemake.log
 
 Reads the run's tables/eval.csv (test top-1 per dataset, seed, source r, target r, plain or + ToCom at
-the s chosen on val), tables/runtime.csv (Snakemake's benchmark files) and report/claims_at_scale.md,
-and replaces the text between the README's `<!-- cpu-results` markers. The block records the sha256 of
+the s chosen on val), tables/runtime.csv (Snakemake's benchmark files: time per job), Snakemake's log
+(when each job started and finished: jobs run side by side, so a stage's wall-clock is its span on the
+run's timeline, not the sum of its jobs) and report/claims_at_scale.md, and replaces the text between the README's `<!-- cpu-results` markers. The block records the sha256 of
 the config the run used: tests/test_workflow.py fails when the committed config no longer matches it,
 so the README always quotes a run of the committed default.
 """
@@ -29,6 +31,23 @@ NAMES = {"tome": "ToMe (merge)", "evit": "EViT (prune)", "idle": "IdleViT (idle)
 STAGES = {"pretrain": "pretrain backbone", "distill": "distil plugins", "finetune": "fine-tune",   # benchmark
           "evaluate": "cross-evaluate", "transfer": "transfer check", "bench": "bench",           # folders
           "segment": "segmentation fine-tune", "segment_eval": "segmentation eval"}
+LOG_RULES = {"pretrain": ["pretrain_backbone"], "distill": ["distill"],             # the rules behind each
+             "finetune": ["finetune", "finetune_select", "search_candidate"],      # benchmark folder
+             "evaluate": ["evaluate"], "transfer": ["transfer"], "bench": ["bench"],
+             "segment": ["segment_finetune"], "segment_eval": ["segment_evaluate"]}
+STAMP = r"^\[(\w{3} \w{3} +\d+ [\d:]{8} \d{4})\]\n"
+
+
+def job_times(log: Path) -> pd.DataFrame:
+    """rule, start, end of every job in a Snakemake log ("[date]" then "rule X:" ... "jobid: N" when a job
+    starts, "[date]" then "Finished jobid: N (Rule: X)" when it ends)."""
+    text = log.read_text()
+    start = {m[3]: (m[2], m[1]) for m in re.finditer(STAMP + r"(?:local)?rule (\w+):\n(?:    .*\n)*?    jobid: (\d+)",
+                                                        text, re.M)}
+    end = {m[2]: m[1] for m in re.finditer(STAMP + r"Finished jobid: (\d+)", text, re.M)}
+    rows = [(rule, pd.to_datetime(t0, format="%a %b %d %H:%M:%S %Y"), pd.to_datetime(end[j], format="%a %b %d %H:%M:%S %Y"))
+            for j, (rule, t0) in start.items() if j in end]
+    return pd.DataFrame(rows, columns=["rule", "start", "end"])
 
 
 def config_digest(path: Path) -> str:
@@ -52,22 +71,29 @@ def main_table(ev: pd.DataFrame) -> list[str]:
     return lines
 
 
-def stage_table(runtime: pd.DataFrame) -> list[str]:
+def stage_table(runtime: pd.DataFrame, jobs: pd.DataFrame) -> list[str]:
     if runtime.empty:
         return []
     per = runtime.groupby("rule").agg(jobs=("job", "nunique"), s=("s", "sum"))
-    lines = ["| stage | jobs | wall-clock (min, summed over jobs) |", "| --- | ---: | ---: |"]
+    lines = ["| stage | jobs | job time (min, summed over jobs) | on the run's timeline (min from its start) |",
+             "| --- | ---: | ---: | --- |"]
+    t0 = jobs.start.min() if not jobs.empty else None
     for rule, label in STAGES.items():
-        if rule in per.index:
-            lines.append(f"| {label} | {int(per.loc[rule, 'jobs'])} | {per.loc[rule, 's'] / 60:.1f} |")
+        if rule not in per.index:
+            continue
+        mine = jobs[jobs.rule.isin(LOG_RULES[rule])] if not jobs.empty else jobs
+        span = ("–" if mine.empty else f"{(mine.start.min() - t0).total_seconds() / 60:.0f} → "
+                f"{(mine.end.max() - t0).total_seconds() / 60:.0f}")
+        lines.append(f"| {label} | {int(per.loc[rule, 'jobs'])} | {per.loc[rule, 's'] / 60:.1f} | {span} |")
     return lines
 
 
-def block(run: Path, config: Path, wall: str) -> str:
+def block(run: Path, config: Path, wall: str, log: Path | None = None) -> str:
     ev = pd.read_csv(run / "tables" / "eval.csv")
     ev = ev[ev.split == "test"]
     runtime_csv = run / "tables" / "runtime.csv"
     runtime = pd.read_csv(runtime_csv) if runtime_csv.exists() else pd.DataFrame()
+    jobs = job_times(log) if log else pd.DataFrame(columns=["rule", "start", "end"])
     claims = run / "report" / "claims_at_scale.md"
     claims_text = claims.read_text().strip() if claims.exists() else "(no claims_at_scale.md in this run)"
     claims_text = re.sub(r"^#+ .*\n", "", claims_text, count=1)   # the README gives its own heading
@@ -75,9 +101,10 @@ def block(run: Path, config: Path, wall: str) -> str:
         f"{START} config/{config.name} sha256:{config_digest(config)} — generated by "
         f"workflow/scripts/readme_results.py from {run}; do not edit -->",
         f"Wall-clock of the whole run on 2 cores, from a clean clone with the install: **{wall}**. "
-        "Per stage (Snakemake's benchmark files):",
+        "Per stage: the time its jobs took (Snakemake's benchmark files) and when it ran (Snakemake's log; two "
+        "jobs run side by side, so stages overlap):",
         "",
-        *stage_table(runtime),
+        *stage_table(runtime, jobs),
         "",
         "Test top-1 (%), mean over tasks × seeds; the gain is ToCom minus plain on the same model, its 95 % t "
         "interval and two-sided Wilcoxon signed-rank test over the (task, seed) pairs:",
@@ -96,13 +123,14 @@ def main() -> None:
     ap.add_argument("run", type=Path, help="the run's results folder, e.g. results/cpu")
     ap.add_argument("--config", type=Path, required=True, help="the config the run used")
     ap.add_argument("--wall", required=True, help="measured wall-clock of the whole run, e.g. '74 min'")
+    ap.add_argument("--log", type=Path, help="the run's Snakemake log (.snakemake/log/*.snakemake.log)")
     ap.add_argument("--readme", type=Path, default=Path(__file__).resolve().parents[2] / "README.md")
     args = ap.parse_args()
     text = args.readme.read_text()
     i, j = text.find(START), text.find(END)
     if i < 0 or j < 0:
         raise SystemExit(f"{args.readme}: no '{START} ... {END}' block to replace")
-    args.readme.write_text(text[:i] + block(args.run, args.config, args.wall) + text[j + len(END):])
+    args.readme.write_text(text[:i] + block(args.run, args.config, args.wall, args.log) + text[j + len(END):])
 
 
 if __name__ == "__main__":
