@@ -228,8 +228,7 @@ rule claims:
 
 
 rule claims_at_scale:
-    input: EVAL, TRANSFER, helpers=HELPERS,
-           labels=str(Path(workflow.basedir) / "workflow" / "scripts" / "report" / "table5_ablation.py")
+    input: EVAL, TRANSFER, helpers=HELPERS
     output: table_files("claims_at_scale")
     params: **REPORT_PARAMS
     localrule: True

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from common import (ALPHA, CSV_COLUMNS, MIN_PAIRS, PAIRING, Ctx, fmt, fmt_p, latex, markdown_table, pair_diffs,
-                    pair_test, r_pair, select, variant_settings, write_csv, write_text)
+from common import (ALPHA, CSV_COLUMNS, MIN_PAIRS, PAIRING, Ctx, ablation_label, fmt, fmt_p, latex, markdown_table,
+                    pair_diffs, pair_test, r_pair, select, variant_settings, write_csv, write_text)
 
 STEM, TITLE = "claims_at_scale", "Claims at this scale: does each qualitative claim hold in this run?"
 HOLDS, FAILS, NS, ABSENT = "holds", "does not hold", "not significant", "not in this run"
@@ -212,13 +212,11 @@ def transfer(ctx: Ctx) -> Claim:
 
 
 def ablations(ctx: Ctx) -> list[Claim]:
-    from table5_ablation import label
-
     ours, out = ctx.plugin("main"), []
     variants = list(ctx.report.get("variants", {}).get("ablation", []))
     for v in variants:
-        c = Claim(f"6 The full ToCom beats its ablation: {label(ctx, v)} (Sec. 5.4, Table 5)",
-                  f"ToCom − {label(ctx, v)}, mean over {pairs_text(ctx)}", "> 0")
+        c = Claim(f"6 The full ToCom beats its ablation: {ablation_label(ctx, v)} (Sec. 5.4, Table 5)",
+                  f"ToCom − {ablation_label(ctx, v)}, mean over {pairs_text(ctx)}", "> 0")
         out.append(directional(c, ablation_diffs(ctx, ours, v), ablation_where(ctx, "ablation", [v, ours])))
     if not variants:
         out.append(directional(Claim("6 The full ToCom beats its ablations (Sec. 5.4, Table 5)", "—", "> 0"), None,

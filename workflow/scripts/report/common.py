@@ -624,6 +624,19 @@ def variant_settings(ctx: Ctx, name: str, variant: str) -> dict:
             **ctx.config["variants"].get(variant, {})}
 
 
+def ablation_label(ctx: Ctx, variant: str) -> str:
+    """Table 5's row name for an ablation plugin, from what it changes (Table 5 and the claims share it)."""
+    s = variant_settings(ctx, "main", variant)
+    parts = []
+    if s["variant"] == "shared":
+        parts.append(f"Shared LoRA (h = {s['rank']})")
+    if s["variant"] == "no_inversion":
+        parts.append("No inversion")
+    if s["loss"] != "kd":
+        parts.append(f"{s['loss'].upper()} loss")
+    return " + ".join(parts) or variant
+
+
 def ablation_table(ctx: Ctx, stem: str, title: str, caption: str, variants, paper_source: str) -> Table:
     """Tables 5-7: VTAB-1k mean over all tasks per (source, target) of the config's ablation settings;
     `variants` are (variant key, label, paper variant name)."""

@@ -1,24 +1,13 @@
 """Table 5: ablations of ToCom (shared LoRA, CLS loss, no inversion) on VTAB-1k at the ablation settings
 (paper: 0 → 16, 0 → 12, 16 → 0)."""
-from common import Ctx, ablation_table, stub, variant_settings
+from common import Ctx, ablation_label, ablation_table, stub
 
 STEM, TITLE = "table5_ablation", "Table 5: ablation of ToCom's components"
 
 
-def label(ctx: Ctx, variant: str) -> str:
-    s = variant_settings(ctx, "main", variant)
-    parts = []
-    if s.get("variant") == "shared":
-        parts.append(f"Shared LoRA (h = {s['rank']})")
-    if s.get("variant") == "no_inversion":
-        parts.append("No inversion")
-    if s.get("loss", "kd") != "kd":
-        parts.append(f"{s['loss'].upper()} loss")
-    return " + ".join(parts) or variant
-
 
 def make(ctx: Ctx) -> None:
-    variants = [(v, label(ctx, v), v) for v in ctx.report["variants"]["ablation"]]
+    variants = [(v, ablation_label(ctx, v), v) for v in ctx.report["variants"]["ablation"]]
     variants.append((ctx.plugin("main"), "ToCom (ours)", "tocom"))
     t = ablation_table(ctx, STEM, TITLE, "Shared LoRA: one LoRA for every degree pair; CLS loss: cross-entropy on "
                                          "labels instead of self-distillation; No inversion: separate groups for "
