@@ -19,6 +19,7 @@ from tocom.data import build_dataset, get_spec
 from tocom.data import fmnist_tasks as ft
 from tocom.data.folders import build_vtab
 from tocom.errors import TocomError
+from tocom.settings import TaskSettings
 
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 SIZES = dict(n_train=40, n_val=10, n_test=20)
@@ -40,7 +41,7 @@ def t10k():
 @pytest.fixture(scope="module")
 def tasks_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("fmnist_vtab")
-    written = ft.write_tasks(str(out), FASHION_ROOT, seed=0, **SIZES)
+    written = ft.write_tasks(str(out), TaskSettings(seed=0, **SIZES), FASHION_ROOT)
     assert written == [str(out / t) for t in ft.TASKS]
     return out
 
@@ -87,8 +88,8 @@ def test_layout_sizes_and_balance(tasks_dir):
 
 
 def test_same_seed_is_byte_identical_and_another_seed_differs(tasks_dir, tmp_path):
-    ft.write_tasks(str(tmp_path / "again"), FASHION_ROOT, seed=0, **SIZES)
-    ft.write_tasks(str(tmp_path / "other"), FASHION_ROOT, seed=1, **SIZES)
+    ft.write_tasks(str(tmp_path / "again"), TaskSettings(seed=0, **SIZES), FASHION_ROOT)
+    ft.write_tasks(str(tmp_path / "other"), TaskSettings(seed=1, **SIZES), FASHION_ROOT)
     ref = tree_digest(tasks_dir)
     assert tree_digest(tmp_path / "again") == ref
     other = tree_digest(tmp_path / "other")
@@ -97,12 +98,12 @@ def test_same_seed_is_byte_identical_and_another_seed_differs(tasks_dir, tmp_pat
         changed = [p for p in ref if p.startswith(name + os.sep + "images") and other[p] != ref[p]]
         assert len(changed) > 35, name  # nearly every image differs
     # a task alone is the same as the task written with the others (its stream depends on seed and task only)
-    ft.write_tasks(str(tmp_path / "alone"), FASHION_ROOT, tasks=["fmnist_vtab/count"], seed=0, **SIZES)
+    ft.write_tasks(str(tmp_path / "alone"), TaskSettings(seed=0, **SIZES), FASHION_ROOT, tasks=["fmnist_vtab/count"])
     assert tree_digest(tmp_path / "alone" / "count") == tree_digest(tasks_dir / "count")
 
 
 def test_test_images_do_not_depend_on_train_sizes(tasks_dir, tmp_path):
-    ft.write_tasks(str(tmp_path), FASHION_ROOT, tasks=["small"], seed=0, n_train=7, n_val=3, n_test=20)
+    ft.write_tasks(str(tmp_path), TaskSettings(seed=0, n_train=7, n_val=3, n_test=20), FASHION_ROOT, tasks=["small"])
     assert read_list(tmp_path / "small", "test.txt") == read_list(tasks_dir / "small", "test.txt")
     for rel, _ in read_list(tmp_path / "small", "test.txt"):
         assert np.array_equal(pixels(tmp_path / "small", rel), pixels(tasks_dir / "small", rel))
@@ -242,27 +243,27 @@ def test_missing_task_folder_says_how_to_generate_it(tmp_path):
 
 def test_missing_t10k_file_is_a_one_line_error(tmp_path):
     with pytest.raises(TocomError) as e:
-        ft.write_tasks(str(tmp_path / "out"), str(tmp_path), **SIZES)
+        ft.write_tasks(str(tmp_path / "out"), TaskSettings(**SIZES), str(tmp_path))
     assert "\n" not in str(e.value) and "t10k-images-idx3-ubyte" in str(e.value)
     src = ft._idx_path(FASHION_ROOT, "t10k-images-idx3-ubyte")
     shutil.copy(src, tmp_path / os.path.basename(src))          # images present, labels missing
     with pytest.raises(TocomError) as e:
-        ft.write_tasks(str(tmp_path / "out"), str(tmp_path), **SIZES)
+        ft.write_tasks(str(tmp_path / "out"), TaskSettings(**SIZES), str(tmp_path))
     assert "\n" not in str(e.value) and "t10k-labels-idx1-ubyte" in str(e.value)
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
 
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(TocomError, match="unknown task"):
-        ft.write_tasks(str(tmp_path), FASHION_ROOT, tasks=["colour"])
+        ft.write_tasks(str(tmp_path), fashion_root=FASHION_ROOT, tasks=["colour"])
     with pytest.raises(TocomError, match="n_test"):
-        ft.write_tasks(str(tmp_path), FASHION_ROOT, n_test=0)
+        ft.write_tasks(str(tmp_path), TaskSettings(n_test=0), FASHION_ROOT)
 
 
 def test_rewrite_replaces_the_task_and_a_crash_leaves_nothing(tmp_path, monkeypatch):
     (tmp_path / "small").mkdir()
     (tmp_path / "small" / "stale.txt").write_text("old")
-    ft.write_tasks(str(tmp_path), FASHION_ROOT, tasks=["small"], n_train=4, n_val=2, n_test=3)
+    ft.write_tasks(str(tmp_path), TaskSettings(n_train=4, n_val=2, n_test=3), FASHION_ROOT, tasks=["small"])
     assert not (tmp_path / "small" / "stale.txt").exists() and (tmp_path / "small" / "test.txt").is_file()
     before = tree_digest(tmp_path)
 
@@ -276,17 +277,15 @@ def test_rewrite_replaces_the_task_and_a_crash_leaves_nothing(tmp_path, monkeypa
 
     monkeypatch.setitem(ft.TASKS, "count", dataclasses.replace(ft.TASKS["count"], make=boom))
     with pytest.raises(RuntimeError):
-        ft.write_tasks(str(tmp_path), FASHION_ROOT, tasks=["small", "count"], n_train=4, n_val=2, n_test=3)
+        ft.write_tasks(str(tmp_path), TaskSettings(n_train=4, n_val=2, n_test=3), FASHION_ROOT, tasks=["small", "count"])
     assert sorted(os.listdir(tmp_path)) == ["small"] and tree_digest(tmp_path) == before
 
 
-def test_defaults_match_the_task_settings():
-    from tocom.settings import TaskSettings
-
+def test_sizes_and_seed_have_one_home():
+    """write_tasks takes TaskSettings rather than restating its defaults; the Fashion-MNIST root is the
+    registry's."""
     params = inspect.signature(ft.write_tasks).parameters
-    s = TaskSettings()
-    assert {k: params[k].default for k in ("seed", "n_train", "n_val", "n_test")} == {
-        "seed": s.seed, "n_train": s.n_train, "n_val": s.n_val, "n_test": s.n_test}
+    assert not {"seed", "n_train", "n_val", "n_test"} & set(params)
     assert params["fashion_root"].default == FASHION_ROOT == get_spec("fashion_mnist").default_root
 
 
@@ -300,7 +299,7 @@ def test_cli_make_tasks(tmp_path, capsys):
     assert sorted(os.listdir(out)) == ["orientation", "small"]
     assert "fmnist_vtab/small" in capsys.readouterr().out
     ref = tmp_path / "ref"
-    ft.write_tasks(str(ref), FASHION_ROOT, tasks=["small"], **SIZES)
+    ft.write_tasks(str(ref), TaskSettings(**SIZES), FASHION_ROOT, tasks=["small"])
     assert tree_digest(out / "small") == tree_digest(ref / "small")
     assert main(["make-tasks", "--out", str(out), "--tasks", "colour"]) == 2
     assert main(["make-tasks", "--out", str(out), "--fashion-root", str(tmp_path / "none"), "--tasks", "small"]) == 2

@@ -426,7 +426,7 @@ def _make_tasks(args):
 
     s = TaskSettings.from_args(args)
     given = {k: getattr(args, k) for k in ("fashion_root", "tasks") if hasattr(args, k)}
-    write_tasks(args.out, seed=s.seed, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test, log=print, **given)
+    write_tasks(args.out, s, log=print, **given)
 
 
 _make_tasks.configure = _configure_make_tasks

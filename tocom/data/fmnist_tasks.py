@@ -34,12 +34,14 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from scipy import ndimage
+
 from tocom.errors import TocomError
+from tocom.settings import TaskSettings
 
 from .base import data_error
-from .small import FASHION_HOW, _idx_path, read_idx
+from .small import FASHION_HOW, FASHION_ROOT, _idx_path, read_idx
 
-DEFAULT_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 FAMILY = "fmnist_vtab"
 CANVAS = 56  # px, square; items are pasted with np.maximum (Fashion-MNIST items are bright on black)
 
@@ -130,20 +132,7 @@ def _blank() -> np.ndarray:
 
 def _one_blob(mask: np.ndarray) -> bool:
     """True when the True pixels of `mask` form exactly one 8-connected component."""
-    if not mask.any():
-        return False
-    seen = np.zeros_like(mask)
-    seen[tuple(np.argwhere(mask)[0])] = True
-    while True:
-        grown = seen.copy()
-        p = np.pad(seen, 1)
-        for dy in (0, 1, 2):
-            for dx in (0, 1, 2):
-                grown |= p[dy:dy + mask.shape[0], dx:dx + mask.shape[1]]
-        grown &= mask
-        if (grown == seen).all():
-            return bool((seen == mask).all())
-        seen = grown
+    return ndimage.label(mask, structure=np.ones((3, 3), int))[1] == 1
 
 
 # --------------------------------------------------------------------------- the tasks
@@ -243,7 +232,7 @@ TASKS: dict[str, TaskSpec] = {
 # --------------------------------------------------------------------------- writing
 
 
-def read_t10k(fashion_root: str = DEFAULT_FASHION_ROOT) -> tuple[np.ndarray, np.ndarray]:
+def read_t10k(fashion_root: str = FASHION_ROOT) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (10000, 28, 28), labels int64 (10000,)) of Fashion-MNIST's test file."""
     img_path = _idx_path(fashion_root, "t10k-images-idx3-ubyte")
     lbl_path = _idx_path(fashion_root, "t10k-labels-idx1-ubyte")
@@ -297,19 +286,18 @@ def _write_task(tmp: str, spec: TaskSpec, images, labels, seed: int, sizes: dict
             f.writelines(content)
 
 
-def write_tasks(out_dir: str, fashion_root: str = DEFAULT_FASHION_ROOT, tasks=None, seed: int = 0,
-                n_train: int = 800, n_val: int = 200, n_test: int = 500, log: Callable | None = None) -> list[str]:
-    """Write the tasks (default: all of TASKS) under out_dir/<task>/; returns the task folders.
+def write_tasks(out_dir: str, settings: TaskSettings | None = None, fashion_root: str = FASHION_ROOT, tasks=None,
+                log: Callable | None = None) -> list[str]:
+    """Write the tasks (default: all of TASKS) under out_dir/<task>/ with the sizes and seed of `settings`
+    (default: TaskSettings()); returns the task folders.
 
     Each task is built in out_dir/<task>.tmp-<pid> and renamed into place when complete (an existing
     folder of that name is replaced), so a crash never leaves half a task behind. `log(msg)` hears
     one line per task written.
     """
+    s = settings or TaskSettings()
     names = _task_names(tasks)
-    sizes = {"train": n_train, "val": n_val, "test": n_test}
-    for key, v in (("seed", seed), *((f"n_{k}", v) for k, v in sizes.items())):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if key == "seed" else 1):
-            raise TocomError(f"{key} must be {'a non-negative' if key == 'seed' else 'a positive'} integer, got {v!r}")
+    sizes = {"train": s.n_train, "val": s.n_val, "test": s.n_test}
     images, labels = read_t10k(fashion_root)
     os.makedirs(out_dir, exist_ok=True)
     written = []
@@ -319,7 +307,7 @@ def write_tasks(out_dir: str, fashion_root: str = DEFAULT_FASHION_ROOT, tasks=No
         tmp = f"{final}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            _write_task(tmp, TASKS[name], images, labels, int(seed), sizes)
+            _write_task(tmp, TASKS[name], images, labels, s.seed, sizes)
             if os.path.lexists(final):
                 if os.path.isdir(final) and not os.path.islink(final):
                     shutil.rmtree(final)

@@ -119,7 +119,7 @@ for _task, _group in VTAB_TASKS.items():
     ))
 
 _register(DatasetSpec(
-    name="fashion_mnist", num_classes=10, group="real-small", default_root="/usr/share/datasets/fashion-mnist",
+    name="fashion_mnist", num_classes=10, group="real-small", default_root=small.FASHION_ROOT,
     layout="IDX files, gzipped or not: root/train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), "
     "t10k-images-idx3-ubyte(.gz), t10k-labels-idx1-ubyte(.gz); 28x28 grayscale. " + HOLDOUT,
     how_to_get=small.FASHION_HOW, default_transform="small", builder=small.build_fashion_mnist,
@@ -251,7 +251,7 @@ _register(DatasetSpec(
     how_to_get=_segmentation.ADE_HOW, builder=_segmentation.build_ade20k,
 ))
 _register(DatasetSpec(
-    name="fashion_mnist_seg", num_classes=11, group="segmentation", default_root="/usr/share/datasets/fashion-mnist",
+    name="fashion_mnist_seg", num_classes=11, group="segmentation", default_root=small.FASHION_ROOT,
     layout="Procedural scenes of Fashion-MNIST items (the fashion_mnist IDX files): 1-3 items pasted on a 56 px noise "
     "canvas, pixels labelled with their item's class 0..9 or background 10. Items of 'train'/'val' come from the "
     "fashion_mnist train/val images, of 'test' from t10k. Default sizes train 2000, val 500, trainval 2500, test 1000 "

@@ -14,6 +14,7 @@ import numpy as np
 
 from .base import DEFAULT_SPLIT_SEED, ArrayDataset, data_error, holdout_positions, stratified_pick
 
+FASHION_ROOT = "/usr/share/datasets/fashion-mnist"   # where Debian's dataset-fashion-mnist puts the IDX files
 FASHION_HOW = "install it with 'apt-get install dataset-fashion-mnist' (files land in /usr/share/datasets/fashion-mnist) or pass root= a folder with the four IDX files"
 
 # IDX type codes (3rd magic byte) -> numpy big-endian dtype
