@@ -275,3 +275,18 @@ def test_readme_stage_times_come_from_the_snakemake_log(tmp_path):
     table = readme_results.stage_table(runtime, jobs)
     assert "| pretrain backbone | 1 | 10.0 | 0 → 10 |" in table
     assert "| distil plugins | 2 | 15.0 | 10 → 20 |" in table   # 15 job-minutes in 10 minutes of wall-clock
+
+
+def test_cpu_default_table_in_protocol_md_matches_config_cpu():
+    """docs/protocol.md's table of the CPU default's differences quotes config/cpu.yaml's numbers."""
+    cfg = yaml.safe_load((ROOT / "config/cpu.yaml").read_text())
+    text = (ROOT / "docs/protocol.md").read_text()
+    table = text[text.index("## The CPU default"):]
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    pre, dist = cfg["backbones"]["tiny"]["pretrain"], cfg["distill"]
+    assert f"{pre['limit'] // 1000}k Fashion-MNIST train images ({pre['epochs']} epochs)" in rows["backbone and pre-training"]
+    assert f"{dist['epochs']} epochs on {dist['limit'] // 1000}k pre-training images" in rows["distillation"]
+    (epochs,) = {r["epochs"] for r in cfg["recipes"].values()}
+    assert f"{epochs} epochs" in rows["fine-tuning"]
+    assert f"{len(cfg['seeds'])} per fine-tune" in rows["seeds"]
+    assert f"{cfg['evaluate']['limit']} per task" in rows["test images"] and cfg["tasks"]["n_test"] == cfg["evaluate"]["limit"]
