@@ -202,6 +202,18 @@ def test_no_leakage_between_train_and_test(tasks_dir):
         assert not train_px & {pixels(d, r).tobytes() for r in test}, name
 
 
+def test_no_task_item_is_a_pretraining_image(tasks_dir, t10k):
+    """The backbone and the plugins train on Fashion-MNIST's train file; every item pasted into a task (test
+    split included) is a t10k image that appears nowhere in that file, byte for byte."""
+    from tocom.data.small import _idx_path, read_idx
+
+    pretraining = {x.tobytes() for x in read_idx(_idx_path(FASHION_ROOT, "train-images-idx3-ubyte"))}
+    images, _ = t10k
+    for name in ft.TASKS:
+        used = {i for idx in ft.read_sources(str(tasks_dir / name)).values() for i in idx}
+        assert used and not {images[i].tobytes() for i in used} & pretraining, name
+
+
 # ----------------------------------------------------------------------------- registry and loader
 
 
