@@ -16,9 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import TocomError
-from .settings import UNCOMPRESSED
-from .settings import (BenchSettings, DistillSettings, EvalSettings, FinetuneSettings, PretrainSettings,
-                       SearchSettings, SegmentSettings, TaskSettings, splits_overlap)
+from .settings import (UNCOMPRESSED, BenchSettings, DistillSettings, EvalSettings, FinetuneSettings,
+                       PretrainSettings, SearchSettings, SegmentSettings, TaskSettings, splits_overlap)
 
 
 def validate_config(config: dict, schema_path: str | Path) -> None:
@@ -91,7 +90,7 @@ ROLES = {"final": FINETUNE, "select": SELECT}
 SEGMENT = "segment/{backbone}/{dataset}/r{source}_seed{seed}.safetensors"
 SEGMENT_EVAL = "segment_eval/{backbone}/{dataset}/r{source}_seed{seed}.csv"
 TASKS_DIR = "tasks"              # generated tasks: results/<name>/tasks/<task>/ (VTAB-1k layout)
-GENERATED_FAMILY = "fmnist_vtab"  # datasets `tocom make-tasks` writes (tocom/data/fmnist_tasks.py)
+GENERATED_FAMILY = "fmnist_vtab"  # = fmnist_tasks.FAMILY, restated so the workflow need not import the data stack
 SEGMENT_METHOD = "tome_ffn"     # the plugins of Table 11 are distilled with tokens merged before each FFN
 
 
@@ -518,9 +517,9 @@ class Grid:
         self.task_settings()
         generated = set(self.generated_datasets())
         for name in sorted(self.datasets()):
-            get_spec(name)
+            spec = get_spec(name)              # unknown names fail here, generated or not
             if name not in generated:          # written by the workflow's tasks rule before any job reads it
-                resolve_root(get_spec(name), self.data_root(name))
+                resolve_root(spec, self.data_root(name))
 
     # ---- what the workflow asks for ------------------------------------------------------------
     def pretrained_backbones(self) -> list[str]:

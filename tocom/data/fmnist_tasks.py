@@ -33,7 +33,6 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
-
 from scipy import ndimage
 
 from tocom.errors import TocomError
@@ -47,7 +46,7 @@ CANVAS = 56  # px, square; items are pasted with np.maximum (Fashion-MNIST items
 
 #: t10k index ranges items are drawn from: train800 + val200 from the first half, test from the second.
 SOURCE_RANGES = {"trainval": (0, 5000), "test": (5000, 10000)}
-#: split -> (list file, image folder); train800val200.txt is written as train800 then val200.
+#: split -> its list file (its images go to images/<split>/); train800val200.txt is train800 then val200.
 SPLIT_FILES = {"train": "train800.txt", "val": "val200.txt", "test": "test.txt"}
 TRAINVAL_FILE = "train800val200.txt"
 SOURCES_FILE = "sources.txt"

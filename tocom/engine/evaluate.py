@@ -46,13 +46,12 @@ def resolve_method(meta: dict, model: nn.Module, method: str | None = None) -> s
     """The compression a model is evaluated under: `method` when given, else the one it was fine-tuned
     with (its header), else the one it is patched with, else ToMe. A model fine-tuned at r = 0 records
     UNCOMPRESSED (nothing was compressed, so every method may evaluate it) and falls through to the latter."""
+    trained = meta.get("method")
     if method:
-        trained = meta.get("method")
         if int(meta.get("source_r", 0)) and trained not in (None, UNCOMPRESSED, method):
             print(f"[tocom] warning: the model was fine-tuned with {trained} at r={meta['source_r']}; "
                   f"evaluating it with {method}", file=sys.stderr)
         return method
-    trained = meta.get("method")
     return trained if trained and trained != UNCOMPRESSED else method_of(model) or "tome"
 
 

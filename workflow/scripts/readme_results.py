@@ -45,9 +45,11 @@ def job_times(log: Path) -> pd.DataFrame:
     start = {m[3]: (m[2], m[1]) for m in re.finditer(STAMP + r"(?:local)?rule (\w+):\n(?:    .*\n)*?    jobid: (\d+)",
                                                         text, re.M)}
     end = {m[2]: m[1] for m in re.finditer(STAMP + r"Finished jobid: (\d+)", text, re.M)}
-    rows = [(rule, pd.to_datetime(t0, format="%a %b %d %H:%M:%S %Y"), pd.to_datetime(end[j], format="%a %b %d %H:%M:%S %Y"))
-            for j, (rule, t0) in start.items() if j in end]
-    return pd.DataFrame(rows, columns=["rule", "start", "end"])
+    rows = [(rule, t0, end[j]) for j, (rule, t0) in start.items() if j in end]
+    jobs = pd.DataFrame(rows, columns=["rule", "start", "end"])
+    for col in ("start", "end"):
+        jobs[col] = pd.to_datetime(jobs[col], format="%a %b %d %H:%M:%S %Y")
+    return jobs
 
 
 def config_digest(path: Path) -> str:
@@ -77,11 +79,11 @@ def stage_table(runtime: pd.DataFrame, jobs: pd.DataFrame) -> list[str]:
     per = runtime.groupby("rule").agg(jobs=("job", "nunique"), s=("s", "sum"))
     lines = ["| stage | jobs | job time (min, summed over jobs) | on the run's timeline (min from its start) |",
              "| --- | ---: | ---: | --- |"]
-    t0 = jobs.start.min() if not jobs.empty else None
+    t0 = jobs.start.min()
     for rule, label in STAGES.items():
         if rule not in per.index:
             continue
-        mine = jobs[jobs.rule.isin(LOG_RULES[rule])] if not jobs.empty else jobs
+        mine = jobs[jobs.rule.isin(LOG_RULES[rule])]
         span = ("–" if mine.empty else f"{(mine.start.min() - t0).total_seconds() / 60:.0f} → "
                 f"{(mine.end.max() - t0).total_seconds() / 60:.0f}")
         lines.append(f"| {label} | {int(per.loc[rule, 'jobs'])} | {per.loc[rule, 's'] / 60:.1f} | {span} |")
