@@ -236,18 +236,32 @@ def test_distillation_recipe_reaches_the_student(monkeypatch):
         assert torch.allclose(model(images), model(images))
 
 
-# ---- the README quotes a run of the committed CPU default ------------------------------------------
-def test_readme_quotes_a_run_of_the_committed_cpu_config():
+# ---- docs/results.md quotes a run of the committed CPU default --------------------------------------
+def test_results_page_quotes_a_run_of_the_committed_cpu_config():
     """The results block is generated from a run (workflow/scripts/readme_results.py) and records the
     digest of the config it ran; editing config/cpu.yaml without rerunning and regenerating fails here."""
     import hashlib
     import re
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "results.md").read_text()
     found = re.search(r"<!-- cpu-results config/cpu\.yaml sha256:([0-9a-f]{16}) ", text)
-    assert found, "README.md has no generated CPU results block: run the default, then workflow/scripts/readme_results.py"
+    assert found, "docs/results.md has no generated CPU results block: run the default, then workflow/scripts/readme_results.py"
     assert found.group(1) == hashlib.sha256((ROOT / "config/cpu.yaml").read_bytes()).hexdigest()[:16], \
         "config/cpu.yaml changed since the run the README quotes: rerun it and regenerate the block"
+
+
+def test_readme_lists_every_tocom_subcommand():
+    """The README's command table names every subcommand the CLI registers, and nothing else."""
+    import re
+
+    from tocom.cli import COMMANDS
+
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Command line"):]
+    table = table[:table.index("\n## ", 1)]
+    listed = re.findall(r"^\| `tocom ([a-z-]+)` \|", table, re.M)
+    assert sorted(listed) == sorted(COMMANDS)
+    assert len(listed) == len(set(listed))
 
 
 def test_readme_stage_times_come_from_the_snakemake_log(tmp_path):
