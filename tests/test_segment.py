@@ -36,19 +36,6 @@ LAYOUTS = [  # (prefix, distilled)
     (0, False), (1, False), (2, True), (3, False)]
 
 
-@pytest.mark.parametrize("prefix,distilled", LAYOUTS)
-@pytest.mark.parametrize("r", [1, 5, 12])
-def test_merge_plan_is_bipartite_soft_matching_bit_for_bit(prefix, distilled, r):
-    torch.manual_seed(r)
-    n = prefix + 25
-    metric, x = torch.randn(3, n, 8), torch.randn(3, n, 6)
-    plan = merge_plan(metric, r, prefix, distilled)
-    ref = bipartite_soft_matching(metric, r, prefix, distilled)
-    for mode in ("mean", "sum"):
-        assert torch.equal(plan.merge(x, mode), ref(x, mode))
-    assert plan.merge(x).shape[1] == n - r == plan.n_out
-
-
 def test_unmerge_by_hand():
     # class token + 6 patches; A = positions 0, 2, 4, 6 (0 = class), B = 1, 3, 5.
     metric = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, -1, 0], [0, 1, 0.1], [0, 0, 1], [-1, -1, -1.]])[None]
