@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from tocom.errors import TocomError
+from tocom.io import write_safetensors
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -283,12 +284,12 @@ def _train(out, fingerprint, data_seed=1, epochs=4, finish=True):
 
     rt = common.Runtime(device=torch.device("cpu"))
     module = Tiny()
-    job = common.Fit(module, epochs=epochs, lr=0.05, weight_decay=0.01, warmup_epochs=1)
+    job = common.Fit(module, epochs=epochs, lr=0.05, min_lr=1e-6, weight_decay=0.01, warmup_epochs=1)
     common.fit(job, common.loader(_data(data_seed), 16, rt, train=True, seed=3), out, rt, 3, False,
                fingerprint=fingerprint)
     weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
     if finish:
-        common.finish(Path(out), rt, lambda: common.save_weights(weights, out))
+        common.finish(Path(out), rt, lambda: write_safetensors(weights, out))
     return weights
 
 
@@ -306,12 +307,12 @@ def test_positional_signature_still_works(tmp_path):
     from tocom.engine import common
 
     rt = common.Runtime(device=torch.device("cpu"))
-    job = common.Fit(Tiny(), epochs=1, lr=0.01)
+    job = common.Fit(Tiny(), epochs=1, lr=0.01, min_lr=1e-6)
     out = tmp_path / "o.safetensors"
     common.fit(job, common.loader(_data(), 16, rt, True, 3), out, rt, 3, False)
     assert (tmp_path / "o.safetensors.resume/state.pt").is_file()
     assert (tmp_path / "o.safetensors.lock").is_file()            # held from fit until finish
-    common.finish(out, rt, lambda: common.save_weights(dict(job.module.state_dict()), out))
+    common.finish(out, rt, lambda: write_safetensors(dict(job.module.state_dict()), out))
     assert not (tmp_path / "o.safetensors.lock").exists() and not (tmp_path / "o.safetensors.resume").exists()
 
 

@@ -220,6 +220,25 @@ def test_save_load_round_trip(tmp_path, images):
     assert torch.equal(a, b)
 
 
+def test_header_reads_without_torch(tmp_path):
+    """io.read_safetensors_header (what the aggregation reads plugin and model headers with) gives the header
+    and every tensor's shape without loading a tensor or importing torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    plugin = random_plugin(make_vit(), rank=3, r_max=8)
+    path = tmp_path / "plugin.safetensors"
+    plugin.save(path, extra={"epochs": 1})
+    code = ("import sys; from tocom.io import header_json, read_safetensors_header; "
+            f"meta, shapes = read_safetensors_header({str(path)!r}); "
+            "print(meta['variant'], meta['rank'], header_json('p', meta, 'extra', 'extra', 'fix'), shapes['B.v'], "
+            "'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.split("\n")[0] == f"tocom 3 {{'epochs': 1}} {tuple(plugin.B['v'].shape)} False"
+
+
 def test_a_plugin_that_does_not_fit_says_what_differs(tmp_path):
     small = tocom.patch(make_vit(), "tome")
     wide = tocom.patch(make_vit(embed_dim=96), "tome")

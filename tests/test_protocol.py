@@ -200,7 +200,7 @@ def test_distillation_recipe_reaches_the_student(monkeypatch):
     """Student in train mode with stochastic depth, LoRA dropout and mixed images; teacher in eval mode on
     the same mixed images; lr = base x batch / 512."""
     from tocom.engine import distill as engine
-    from tocom.engine.finetune import set_drop_path
+    from tocom.engine.common import set_drop_path
     from tocom.models import create_backbone
     from tocom.plugin import ToCom
 

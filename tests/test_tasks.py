@@ -205,9 +205,9 @@ def test_no_leakage_between_train_and_test(tasks_dir):
 def test_no_task_item_is_a_pretraining_image(tasks_dir, t10k):
     """The backbone and the plugins train on Fashion-MNIST's train file; every item pasted into a task (test
     split included) is a t10k image that appears nowhere in that file, byte for byte."""
-    from tocom.data.small import _idx_path, read_idx
+    from tocom.data.small import idx_path, read_idx
 
-    pretraining = {x.tobytes() for x in read_idx(_idx_path(FASHION_ROOT, "train-images-idx3-ubyte"))}
+    pretraining = {x.tobytes() for x in read_idx(idx_path(FASHION_ROOT, "train-images-idx3-ubyte"))}
     images, _ = t10k
     for name in ft.TASKS:
         used = {i for idx in ft.read_sources(str(tasks_dir / name)).values() for i in idx}
@@ -257,7 +257,7 @@ def test_missing_t10k_file_is_a_one_line_error(tmp_path):
     with pytest.raises(TocomError) as e:
         ft.write_tasks(str(tmp_path / "out"), TaskSettings(**SIZES), str(tmp_path))
     assert "\n" not in str(e.value) and "t10k-images-idx3-ubyte" in str(e.value)
-    src = ft._idx_path(FASHION_ROOT, "t10k-images-idx3-ubyte")
+    src = ft.idx_path(FASHION_ROOT, "t10k-images-idx3-ubyte")
     shutil.copy(src, tmp_path / os.path.basename(src))          # images present, labels missing
     with pytest.raises(TocomError) as e:
         ft.write_tasks(str(tmp_path / "out"), TaskSettings(**SIZES), str(tmp_path))

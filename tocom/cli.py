@@ -340,7 +340,7 @@ _transfer.configure = _configure_transfer
 
 # ---- segmentation (the appendix's Table 11) -------------------------------------------------------------
 def _seg_dataset(args, split, limit, seed, img_size):
-    from .data.segmentation import build_segmentation_dataset
+    from .data import build_segmentation_dataset
 
     return build_segmentation_dataset(args.dataset, root=args.data_root, split=split, img_size=img_size, seed=seed,
                                       limit=limit)

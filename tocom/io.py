@@ -1,4 +1,5 @@
-"""Atomic writes: a file either appears complete or not at all, so a killed job leaves no half output.
+"""Atomic writes (a file either appears complete or not at all, so a killed job leaves no half output),
+and the one safetensors reader/writer every checkpoint, plugin and header goes through.
 
 Everything is written to a temporary sibling and renamed into place (rename is atomic on POSIX
 within one file system), which is also what makes Snakemake's rerun-after-kill safe. The temporary
@@ -6,7 +7,8 @@ file is created private (mkstemp's 0600) and given the mode a plain `open()` wou
 (0666 minus the umask) just before the rename, so outputs on a shared cluster stay readable by the
 group when the umask says so.
 
-Torch-free on purpose: the report scripts use these helpers without importing models or engines.
+Torch-free on purpose: the report scripts use these helpers without importing models or engines
+(safetensors and torch are imported inside the functions that need them).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from .errors import TocomError
 
 
 def _umask() -> int:
@@ -74,3 +78,55 @@ def save_figure(fig, path: str | Path, **kwargs) -> None:
     kwargs.setdefault("format", path.suffix.lstrip(".") or None)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, **kwargs)
+
+
+# ---- safetensors: every checkpoint, plugin and Segmenter file, and the headers the aggregation reads --------
+def write_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
+    """Torch tensors as safetensors, atomically; a metadata value that is not a string is stored as JSON
+    (sorted keys), so a header field holds a whole record (read it back with `header_json`)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+
+
+def _unreadable(path, e: Exception, fix: str) -> TocomError:
+    return TocomError(" ".join(f"{path} is not a readable safetensors file ({e}); {fix}".split()))
+
+
+def read_safetensors_header(path: str | Path, fix: str = "re-run the step that wrote it") -> tuple[dict, dict]:
+    """(metadata, {tensor name: shape}) of a safetensors file, without loading a tensor (numpy framework:
+    no torch needed); a damaged file is one TocomError line ending in `fix`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            return dict(f.metadata() or {}), {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001  (safetensors raises several types for a damaged file)
+        raise _unreadable(path, e, fix) from None
+
+
+def read_safetensors(path: str | Path, fix: str = "re-run the step that wrote it") -> dict:
+    """All tensors of a safetensors file (torch), or one TocomError line ending in `fix`."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise _unreadable(path, e, fix) from None
+
+
+def header_json(path: str | Path, metadata: dict, key: str, what: str, fix: str) -> dict | None:
+    """The JSON object a header stores under `key` (None when absent); `what` names it in the one-line
+    error ("tocom header", "plugin header's 'extra'") that ends in `fix`."""
+    if key not in metadata:
+        return None
+    try:
+        value = json.loads(metadata[key])
+    except ValueError as e:
+        raise TocomError(f"{path}: its {what} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(value, dict):
+        raise TocomError(f"{path}: its {what} is a JSON {type(value).__name__}, not an object; {fix}")
+    return value

@@ -13,6 +13,7 @@ pretrains one from scratch. `tocom_vit_tiny_patch4_56` mirrors the paper's token
 """
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, _create_vision_transformer
 
 from .errors import TocomError
+from .io import header_json, read_safetensors, read_safetensors_header, write_safetensors
 
 PAPER_BACKBONES = ("deit_base_patch16_224", "deit_small_patch16_224", "vit_base_patch16_224.mae",
                    "deit_base_patch16_384")
@@ -107,13 +109,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise TocomError(f"no checkpoint at {path}; fix the path or produce it with the pipeline's earlier step")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as e:
-            raise TocomError(" ".join(f"{path} is not a readable safetensors file ({e}); re-run the step that "
-                                      "wrote it".split())) from None
+        return read_safetensors(path)
     try:
         with warnings.catch_warnings():   # torch warns (on several lines) about the pickle protocol of old files
             warnings.simplefilter("ignore", UserWarning)
@@ -148,40 +144,19 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
 # ---- our own checkpoints: weights + the recipe to rebuild the model -------------------------------
 def save_model(model: torch.nn.Module, path: str | Path, meta: dict) -> None:
     """Safetensors with a `tocom` header (backbone, num_classes, adapters, provenance) for `load_model`."""
-    import json
-
-    from .io import atomic_path
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"tocom": json.dumps(meta, sort_keys=True)})
+    write_safetensors(model.state_dict(), path, {"tocom": meta})
 
 
 def read_meta(path: str | Path) -> dict:
     """The `tocom` header of a checkpoint written by `save_model` (one-line errors when it is damaged)."""
-    import json
-
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise TocomError(f"no model checkpoint at {path}; run the step that produces it or fix the path")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = (f.metadata() or {}).get("tocom")
-    except Exception as e:
-        raise TocomError(" ".join(f"{path} is not a readable safetensors file ({e})".split())) from None
+    fix = "the header is damaged or was edited; re-run the step that wrote it (or pass --backbone to ignore it)"
+    meta = header_json(path, read_safetensors_header(path)[0], "tocom", "tocom header", fix)
     if meta is None:
         raise TocomError(f"{path} has no tocom header; it was not written by tocom (pass third-party .pth "
                          "files as --checkpoint together with --backbone)")
-    fix = "the header is damaged or was edited; re-run the step that wrote it (or pass --backbone to ignore it)"
-    try:
-        meta = json.loads(meta)
-    except ValueError as e:
-        raise TocomError(f"{path}: its tocom header is not valid JSON ({e}); {fix}") from None
-    if not isinstance(meta, dict):
-        raise TocomError(f"{path}: its tocom header is a JSON {type(meta).__name__}, not an object; {fix}")
     if not isinstance(meta.get("backbone"), str) or not meta["backbone"]:
         raise TocomError(f"{path}: its tocom header names no backbone; {fix}")
     n = meta.get("num_classes")
@@ -252,8 +227,6 @@ def at_resolution(model: torch.nn.Module, name: str, img_size: int, **kwargs) ->
     The paper distils the segmentation plugin on ImageNet resized to 512 x 512 (Table 11)."""
     if int(model.patch_embed.img_size[0]) == int(img_size):
         return model
-    from .segment.model import resize_pos_embed
-
     new = create_backbone(name, num_classes=model.num_classes, img_size=img_size, **kwargs)
     state = dict(model.state_dict())
     if "pos_embed" in state and state["pos_embed"].shape != new.pos_embed.shape:
@@ -262,3 +235,23 @@ def at_resolution(model: torch.nn.Module, name: str, img_size: int, **kwargs) ->
                                               tuple(model.patch_embed.grid_size))
     new.load_state_dict(state)
     return new
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_prefix: int,
+                     old_grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """(1, prefix + gh*gw, C) -> (1, prefix + new_gh*new_gw, C): bilinear on the patch grid, prefix kept.
+
+    timm's resampler with Segmenter's choice (bilinear, no antialiasing) instead of timm's bicubic default;
+    an old grid that is not given must be square."""
+    from timm.layers import resample_abs_pos_embed
+
+    if old_grid is None:
+        n = pos_embed.shape[1] - num_prefix
+        side = math.isqrt(n)
+        if side * side != n:
+            raise TocomError(f"position embeddings of {n} patch tokens are not a square grid; pass old_grid")
+        old_grid = (side, side)
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    return resample_abs_pos_embed(pos_embed, list(new_grid), list(old_grid), num_prefix_tokens=num_prefix,
+                                  interpolation="bilinear", antialias=False, align_corners=False)

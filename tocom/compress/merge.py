@@ -11,6 +11,10 @@ a merge leaves behind decides every later merge. The ToMe paper's numbers (and t
 which build on them) come from the reference code, so for the layouts it handles -- no prefix
 token, a class token, class + distillation token (DeiT-distilled) -- we reproduce its order
 exactly. Other prefixes (register tokens) it does not handle; there we set the prefix aside.
+
+One matching, two uses: `merge_plan` returns the plan as a value, so dense prediction (ToMe before
+the FFN, undone after it; the ToCom paper's segmentation appendix) can send each merged token's
+output back to every token it absorbed (`unmerge`); `bipartite_soft_matching` is its merge alone.
 """
 from __future__ import annotations
 
@@ -33,74 +37,6 @@ def whole_sequence(prefix: int, distilled: bool = False) -> bool:
     A single prefix token is taken to be the class token (timm puts it first).
     """
     return prefix <= 1 or (prefix == 2 and distilled)
-
-
-def bipartite_soft_matching(metric: torch.Tensor, r: int, prefix: int = 1, distilled: bool = False) -> Merge:
-    """Plan the merge of `r` token pairs; return `merge(x, mode)` that applies it to any (B, N, C).
-
-    metric: (B, N, D) keys (mean over heads). Tokens alternate into sets A (even positions) and B
-    (odd); each A token proposes its most cosine-similar B token, and the `r` best proposals are
-    merged into their B partner. `r` is capped at half the patch tokens.
-
-    Reference layouts (see `whole_sequence`): the alternation runs over the whole sequence. A class
-    token is A[0] and may not propose; a distillation token (`distilled`, prefix 2) is B[0] and may
-    not be proposed to. Output [kept A, B], kept A in original order if there is a class token (so
-    it stays first) and, as in the reference, in descending-score order if there is not; with a
-    distillation token [class, distillation, other kept A, other B].
-    Any other prefix (e.g. register tokens) is set aside and only patch tokens alternate:
-    [prefix, kept A in original order, B].
-    """
-    r = capped_r(r, metric.shape[1] - prefix)
-    if r == 0:
-        return lambda x, mode="mean": x
-    whole = whole_sequence(prefix, distilled)
-    start = 0 if whole else prefix                 # where the A/B alternation begins
-    cls, dist = whole and prefix >= 1, whole and prefix == 2
-
-    with torch.no_grad():
-        m = metric[:, start:]
-        m = m / m.norm(dim=-1, keepdim=True)
-        scores = m[:, ::2] @ m[:, 1::2].transpose(-1, -2)    # (B, Na, Nb)
-        if cls:
-            scores[:, 0, :] = -torch.inf                      # the class token never proposes
-        if dist:
-            scores[:, :, 0] = -torch.inf                      # nor is the distillation token a partner
-        best_val, best_dst = scores.max(dim=-1)               # each A token's best B partner
-        order = best_val.argsort(dim=-1, descending=True)
-        src_idx = order[:, :r, None]                          # A tokens that get merged away
-        keep_idx = order[:, r:, None]
-        if cls or not whole:
-            keep_idx = keep_idx.sort(dim=1).values            # original order (class token first)
-        dst_idx = best_dst[..., None].gather(dim=1, index=src_idx)
-
-    def merge(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
-        head, tokens = x[:, :start], x[:, start:]
-        xa, xb = tokens[:, ::2], tokens[:, 1::2]
-        c = x.shape[-1]
-        kept = xa.gather(dim=1, index=keep_idx.expand(-1, -1, c))
-        moved = xa.gather(dim=1, index=src_idx.expand(-1, -1, c))
-        xb = xb.scatter_reduce(1, dst_idx.expand(-1, -1, c), moved, reduce=mode)
-        if dist:
-            return torch.cat([kept[:, :1], xb[:, :1], kept[:, 1:], xb[:, 1:]], dim=1)
-        return torch.cat([head, kept, xb], dim=1)
-
-    return merge
-
-
-def merge_wavg(merge: Merge, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge by size-weighted average, so a merged token is the mean of all patches it covers."""
-    dtype = x.dtype
-    x = merge(x * size, "sum")
-    size = merge(size, "sum")
-    return (x / size).to(dtype), size
-
-
-# ----------------------------------------------------------------------------- merge plans that can be undone
-#
-# Dense prediction (ToMe before the FFN, undone after it; the ToCom paper's segmentation appendix) needs
-# to send each merged token's output back to every token it absorbed. `bipartite_soft_matching` hides
-# its indices in a closure, so the plan is computed again here as a value; `merge_plan(...).merge` is
-# the same function as `bipartite_soft_matching(...)` (tests check it bit for bit on every layout).
 
 
 @dataclass(frozen=True)
@@ -126,7 +62,7 @@ class MergePlan:
         return self.n - self.r
 
     def merge(self, x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
-        """(B, N, C) -> (B, N - r, C): the layout `bipartite_soft_matching` produces."""
+        """(B, N, C) -> (B, N - r, C), the merged tokens reduced by `mode` ("mean", "sum", ...)."""
         if self.r == 0:
             return x
         head, tokens = x[:, :self.start], x[:, self.start:]
@@ -144,30 +80,56 @@ class MergePlan:
 
 
 def merge_plan(metric: torch.Tensor, r: int, prefix: int = 1, distilled: bool = False) -> MergePlan:
-    """`bipartite_soft_matching` as a `MergePlan` (same matching, same output layout), so it can be undone."""
+    """Match `r` token pairs; the plan merges any (B, N, C) tensor (`.merge`) and undoes it (`.unmerge`).
+
+    metric: (B, N, D) keys (mean over heads). Tokens alternate into sets A (even positions) and B
+    (odd); each A token proposes its most cosine-similar B token, and the `r` best proposals are
+    merged into their B partner. `r` is capped at half the patch tokens.
+
+    Reference layouts (see `whole_sequence`): the alternation runs over the whole sequence. A class
+    token is A[0] and may not propose; a distillation token (`distilled`, prefix 2) is B[0] and may
+    not be proposed to. Output [kept A, B], kept A in original order if there is a class token (so
+    it stays first) and, as in the reference, in descending-score order if there is not; with a
+    distillation token [class, distillation, other kept A, other B].
+    Any other prefix (e.g. register tokens) is set aside and only patch tokens alternate:
+    [prefix, kept A in original order, B].
+    """
     n = metric.shape[1]
     r = capped_r(r, n - prefix)
     if r == 0:
         return MergePlan(n=n, r=0)
     whole = whole_sequence(prefix, distilled)
-    start = 0 if whole else prefix
+    start = 0 if whole else prefix                 # where the A/B alternation begins
     cls, dist = whole and prefix >= 1, whole and prefix == 2
     with torch.no_grad():
         m = metric[:, start:]
         m = m / m.norm(dim=-1, keepdim=True)
-        scores = m[:, ::2] @ m[:, 1::2].transpose(-1, -2)
+        scores = m[:, ::2] @ m[:, 1::2].transpose(-1, -2)    # (B, Na, Nb)
         if cls:
-            scores[:, 0, :] = -torch.inf
+            scores[:, 0, :] = -torch.inf                      # the class token never proposes
         if dist:
-            scores[:, :, 0] = -torch.inf
-        best_val, best_dst = scores.max(dim=-1)
+            scores[:, :, 0] = -torch.inf                      # nor is the distillation token a partner
+        best_val, best_dst = scores.max(dim=-1)               # each A token's best B partner
         order = best_val.argsort(dim=-1, descending=True)
-        src_idx = order[:, :r, None]
+        src_idx = order[:, :r, None]                          # A tokens that get merged away
         keep_idx = order[:, r:, None]
         if cls or not whole:
-            keep_idx = keep_idx.sort(dim=1).values
+            keep_idx = keep_idx.sort(dim=1).values            # original order (class token first)
         dst_idx = best_dst[..., None].gather(dim=1, index=src_idx)
     return MergePlan(n=n, r=r, start=start, dist=dist, src_idx=src_idx, dst_idx=dst_idx, keep_idx=keep_idx)
+
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int, prefix: int = 1, distilled: bool = False) -> Merge:
+    """ToMe's matching as the reference calls it: `merge(x, mode)` of the plan `merge_plan` makes."""
+    return merge_plan(metric, r, prefix, distilled).merge
+
+
+def merge_wavg(merge: Merge, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge by size-weighted average, so a merged token is the mean of all patches it covers."""
+    dtype = x.dtype
+    x = merge(x * size, "sum")
+    size = merge(size, "sum")
+    return (x / size).to(dtype), size
 
 
 def unmerge(plan: MergePlan, y: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ Items are `(FloatTensor[3, img_size, img_size], int)`; datasets expose `.num_cla
 """
 
 from .base import TocomDataset
-from .registry import VTAB_TASKS, DatasetSpec, build_dataset, dataset_names, get_spec
+from .registry import VTAB_TASKS, DatasetSpec, build_dataset, build_segmentation_dataset, dataset_names, get_spec
 from .transforms import build_transform
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "TocomDataset",
     "VTAB_TASKS",
     "build_dataset",
+    "build_segmentation_dataset",
     "build_transform",
     "dataset_names",
     "get_spec",

@@ -39,7 +39,7 @@ from tocom.errors import TocomError
 from tocom.settings import TaskSettings
 
 from .base import data_error
-from .small import FASHION_HOW, FASHION_ROOT, _idx_path, read_idx
+from .small import FASHION_HOW, FASHION_ROOT, idx_path, read_idx
 
 FAMILY = "fmnist_vtab"
 CANVAS = 56  # px, square; items are pasted with np.maximum (Fashion-MNIST items are bright on black)
@@ -233,8 +233,8 @@ TASKS: dict[str, TaskSpec] = {
 
 def read_t10k(fashion_root: str = FASHION_ROOT) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (10000, 28, 28), labels int64 (10000,)) of Fashion-MNIST's test file."""
-    img_path = _idx_path(fashion_root, "t10k-images-idx3-ubyte")
-    lbl_path = _idx_path(fashion_root, "t10k-labels-idx1-ubyte")
+    img_path = idx_path(fashion_root, "t10k-images-idx3-ubyte")
+    lbl_path = idx_path(fashion_root, "t10k-labels-idx1-ubyte")
     images, labels = read_idx(img_path), read_idx(lbl_path)
     need = SOURCE_RANGES["test"][1]
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8 or len(images) < need:

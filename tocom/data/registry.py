@@ -17,8 +17,9 @@ from typing import Callable
 
 from tocom.errors import TocomError
 
-from . import fmnist_tasks, folders, small, synthetic
+from . import fmnist_tasks, folders, segmentation, small, synthetic
 from .base import TocomDataset, stratified_pick
+from .segmentation import SegmentationDataset, build_seg_transform
 from .transforms import TRAIN_SPLITS, TRANSFORMS, build_transform
 
 SPLITS = ("train", "val", "test", "trainval")
@@ -155,6 +156,24 @@ for _name, (_fn, _k, _group, (_ntr, _nva, _nte)) in synthetic.SYNTH_TASKS.items(
         builder=synthetic.make_builder(_name), needs_root=False,
     ))
 
+# Segmentation (appendix, Table 11): items are (FloatTensor[3, H, W], LongTensor[H, W]) with ignore label 255.
+_register(DatasetSpec(
+    name="ade20k", num_classes=150, group="segmentation", default_root="data/ade20k",
+    layout="MIT Scene Parsing release: root/ADEChallengeData2016/ (or root itself) with images/{training,validation}/*.jpg "
+    "and annotations/{training,validation}/*.png (same stem; 0 = other -> ignore 255, 1..150 -> classes 0..149). "
+    "'test' = the official validation set (2,000 images); 'trainval' = official training (20,210), 'val' = a fixed "
+    "10 % of it, 'train' = the other 90 %.",
+    how_to_get=segmentation.ADE_HOW, builder=segmentation.build_ade20k,
+))
+_register(DatasetSpec(
+    name="fashion_mnist_seg", num_classes=11, group="segmentation", default_root=small.FASHION_ROOT,
+    layout="Procedural scenes of Fashion-MNIST items (the fashion_mnist IDX files): 1-3 items pasted on a 56 px noise "
+    "canvas, pixels labelled with their item's class 0..9 or background 10. Items of 'train'/'val' come from the "
+    "fashion_mnist train/val images, of 'test' from t10k. Default sizes train 2000, val 500, trainval 2500, test 1000 "
+    "(kwargs n_train/n_val/n_test/native_size/max_items/split_seed).",
+    how_to_get=small.FASHION_HOW, default_transform="small", builder=segmentation.build_fashion_seg,
+))
+
 
 # ----------------------------------------------------------------------------- public API
 
@@ -238,23 +257,19 @@ def build_dataset(
     return ds
 
 
-# ----------------------------------------------------------------------------- segmentation (appendix, Table 11)
-# Items of these are (FloatTensor[3, H, W], LongTensor[H, W]) with ignore label 255; see tocom/data/segmentation.py.
-from . import segmentation as _segmentation  # noqa: E402
+def build_segmentation_dataset(name: str, root: str | None = None, split: str = "train", img_size: int | None = None,
+                               transform: str | None = None, seed: int = 0, limit: int | None = None,
+                               augment: bool | None = None, **kwargs) -> SegmentationDataset:
+    """`build_dataset` for a segmentation set, with `augment` choosing the joint transform's variant.
 
-_register(DatasetSpec(
-    name="ade20k", num_classes=150, group="segmentation", default_root="data/ade20k",
-    layout="MIT Scene Parsing release: root/ADEChallengeData2016/ (or root itself) with images/{training,validation}/*.jpg "
-    "and annotations/{training,validation}/*.png (same stem; 0 = other -> ignore 255, 1..150 -> classes 0..149). "
-    "'test' = the official validation set (2,000 images); 'trainval' = official training (20,210), 'val' = a fixed "
-    "10 % of it, 'train' = the other 90 %.",
-    how_to_get=_segmentation.ADE_HOW, builder=_segmentation.build_ade20k,
-))
-_register(DatasetSpec(
-    name="fashion_mnist_seg", num_classes=11, group="segmentation", default_root=small.FASHION_ROOT,
-    layout="Procedural scenes of Fashion-MNIST items (the fashion_mnist IDX files): 1-3 items pasted on a 56 px noise "
-    "canvas, pixels labelled with their item's class 0..9 or background 10. Items of 'train'/'val' come from the "
-    "fashion_mnist train/val images, of 'test' from t10k. Default sizes train 2000, val 500, trainval 2500, test 1000 "
-    "(kwargs n_train/n_val/n_test/native_size/max_items/split_seed).",
-    how_to_get=small.FASHION_HOW, default_transform="small", builder=_segmentation.build_fashion_seg,
-))
+    img_size defaults to the dataset's native size (512 for ADE20K, the canvas for fashion_mnist_seg).
+    """
+    spec = get_spec(name)
+    if spec.group != "segmentation":
+        raise TocomError(f"{name} is not a segmentation dataset; use build_dataset for it")
+    size = img_size or (512 if name == "ade20k" else int(kwargs.get("native_size", 56)))
+    ds = build_dataset(name, root=root, split=split, img_size=size, transform=transform, seed=seed, limit=limit,
+                       **kwargs)
+    train = (split in TRAIN_SPLITS) if augment is None else bool(augment)
+    ds.seg_transform = build_seg_transform(ds.transform_name, size, train)
+    return ds

@@ -3,8 +3,8 @@
 Items are `(FloatTensor[3, H, W], LongTensor[H, W])`: a normalised image and its label map, with
 `IGNORE_INDEX` (255) on pixels that carry no label. Both datasets are registered in
 `tocom.data.registry` ("ade20k", "fashion_mnist_seg"), so `build_dataset` builds them and resolves
-their roots like any other dataset; `build_segmentation_dataset` is the same with a joint
-(image + label) augmentation switch.
+their roots like any other dataset; the registry's `build_segmentation_dataset` is the same with a
+joint (image + label) augmentation switch.
 
 ADE20K, the release of the MIT Scene Parsing benchmark (`ADEChallengeData2016.zip`):
 root/ADEChallengeData2016/ (or root itself) with images/{training,validation}/*.jpg and
@@ -254,12 +254,12 @@ def compose_scene(size: int, items, background: np.ndarray | None = None, thresh
 
 @lru_cache(maxsize=2)
 def _fashion_arrays(root: str):
-    from .small import FASHION_HOW, _idx_path, read_idx
+    from .small import FASHION_HOW, idx_path, read_idx
 
     out = {}
     for pool, prefix in (("train", "train"), ("t10k", "t10k")):
-        images = read_idx(_idx_path(root, f"{prefix}-images-idx3-ubyte"))
-        labels = read_idx(_idx_path(root, f"{prefix}-labels-idx1-ubyte"))
+        images = read_idx(idx_path(root, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(idx_path(root, f"{prefix}-labels-idx1-ubyte"))
         if images.ndim != 3 or images.shape[1:] != (ITEM, ITEM) or len(labels) != len(images):
             raise data_error(root, f"Fashion-MNIST {prefix} IDX files with (N, 28, 28) images and N labels, found "
                              f"{images.shape} / {labels.shape}", FASHION_HOW)
@@ -349,29 +349,6 @@ def build_fashion_seg(spec, root: str, split: str, seed: int, n_train: int = 200
     return FashionSegDataset(spec.name, split, root, seed, n_train, n_val, n_test, native_size, max_items, split_seed)
 
 
-# ----------------------------------------------------------------------------- entry point
-
-
-def build_segmentation_dataset(name: str, root: str | None = None, split: str = "train", img_size: int | None = None,
-                               transform: str | None = None, seed: int = 0, limit: int | None = None,
-                               augment: bool | None = None, **kwargs) -> SegmentationDataset:
-    """`build_dataset` for a segmentation set, with `augment` choosing the joint transform's variant.
-
-    img_size defaults to the dataset's native size (512 for ADE20K, the canvas for fashion_mnist_seg).
-    """
-    from .registry import build_dataset, get_spec
-
-    spec = get_spec(name)
-    if spec.group != "segmentation":
-        raise TocomError(f"{name} is not a segmentation dataset; use build_dataset for it")
-    size = img_size or (512 if name == "ade20k" else int(kwargs.get("native_size", 56)))
-    ds = build_dataset(name, root=root, split=split, img_size=size, transform=transform, seed=seed, limit=limit,
-                       **kwargs)
-    train = (split in TRAIN_SPLITS) if augment is None else bool(augment)
-    ds.seg_transform = build_seg_transform(ds.transform_name, size, train)
-    return ds
-
-
 def collate_segmentation(batch):
     """Stack (image, labels) pairs of equal size; the 'segmenter' eval transform gives varied sizes (batch 1)."""
     xs, ys = zip(*batch)
@@ -382,5 +359,5 @@ def collate_segmentation(batch):
 
 
 __all__ = ["ADE_HOW", "BACKGROUND", "FG_THRESHOLD", "IGNORE_INDEX", "SegTransform", "SegmentationDataset",
-           "ade20k_labels", "build_ade20k", "build_fashion_seg", "build_seg_transform", "build_segmentation_dataset",
-           "collate_segmentation", "compose_scene", "math"]
+           "ade20k_labels", "build_ade20k", "build_fashion_seg", "build_seg_transform", "collate_segmentation",
+           "compose_scene"]

@@ -43,7 +43,8 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, count=n, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def _idx_path(root: str, stem: str) -> str:
+def idx_path(root: str, stem: str) -> str:
+    """root/stem, else root/stem.gz: the IDX files come plain or gzipped."""
     for name in (stem, stem + ".gz"):
         if os.path.isfile(os.path.join(root, name)):
             return os.path.join(root, name)
@@ -53,8 +54,8 @@ def _idx_path(root: str, stem: str) -> str:
 def build_fashion_mnist(spec, root: str, split: str, seed: int, split_seed: int = DEFAULT_SPLIT_SEED):
     """train-*/t10k-* IDX files; val = stratified 10 % of the 60k train images (fixed split seed)."""
     prefix = "t10k" if split == "test" else "train"
-    img_path = _idx_path(root, f"{prefix}-images-idx3-ubyte")
-    lbl_path = _idx_path(root, f"{prefix}-labels-idx1-ubyte")
+    img_path = idx_path(root, f"{prefix}-images-idx3-ubyte")
+    lbl_path = idx_path(root, f"{prefix}-labels-idx1-ubyte")
     images, labels = read_idx(img_path), read_idx(lbl_path)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise data_error(img_path, f"uint8 images of shape (N, 28, 28), found {images.dtype} {images.shape}", FASHION_HOW)

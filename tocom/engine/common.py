@@ -1,4 +1,5 @@
-"""What every training engine shares: seeding, devices and DDP, AMP, resumable checkpoints, the output lock.
+"""What every engine shares: seeding, devices and DDP, AMP, resumable checkpoints, the output lock, and the
+evaluation loop (every target r, plain and with each plugin, s chosen on held-out images).
 
 Why one place: pretraining, distillation and fine-tuning differ only in which parameters train
 and what the loss is. They all run `fit()`, which owns the loop, the schedule and the
@@ -32,18 +33,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from ..compress import set_r
 from ..errors import TocomError
 from ..io import atomic_path, write_json
+from ..plugin import ToCom, compensate
+from ..settings import EvalSettings
 
 
 # ---- processes and devices ------------------------------------------------------------------------
@@ -92,6 +95,14 @@ def seed_everything(seed: int) -> torch.Generator:
     return g
 
 
+def set_drop_path(model: torch.nn.Module, rate: float) -> None:
+    """Stochastic depth rising linearly over the blocks to `rate` (DeiT); 0 removes it."""
+    from timm.layers import DropPath
+
+    for blk, r in zip(model.blocks, torch.linspace(0, rate, len(model.blocks)).tolist()):
+        blk.drop_path1 = blk.drop_path2 = DropPath(r) if r > 0 else torch.nn.Identity()
+
+
 def loader(ds: Dataset, batch_size: int, rt: Runtime, train: bool, seed: int, workers: int = 0) -> DataLoader:
     """Deterministic loader; under DDP each rank sees its shard and the global batch is preserved."""
     sampler = DistributedSampler(ds, rt.world, rt.rank, shuffle=train, seed=seed, drop_last=train) if rt.distributed else None
@@ -117,12 +128,6 @@ def _resume_file(out: Path) -> Path:
 
 def _lock_path(out: Path) -> Path:
     return out.with_name(out.name + ".lock")
-
-
-def save_weights(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
 def _canonical(obj) -> str:
@@ -259,9 +264,9 @@ class Fit:
     module: torch.nn.Module
     epochs: int
     lr: float
+    min_lr: float                       # the floor of the schedule: each stage's settings say it
     weight_decay: float = 0.05
     warmup_epochs: float = 0.0
-    min_lr: float = 1e-6
     clip_grad: float | None = None
     desc: str = "train"
     optimizer: str = "adamw"            # "adamw" | "sgd"
@@ -425,3 +430,66 @@ def accuracy(model: torch.nn.Module, data: DataLoader, rt: Runtime, progress: bo
         dist.all_reduce(correct)
         dist.all_reduce(seen)
     return 100.0 * correct.item() / max(1, seen.item()), int(seen.item())
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+def choose_scale(grid: Sequence[float], rows: list[dict], switch, score) -> float:
+    """Per target: `switch(s)` then `score(s)` (which appends one row for the selection split and returns
+    its score) for every s of the grid; mark the best row selected (ties: the smaller s) and return its s."""
+    scores = []
+    for v in grid:
+        switch(v)
+        scores.append(score(v))
+    best = max(range(len(grid)), key=lambda i: (scores[i], -grid[i]))
+    rows[-len(grid) + best]["selected"] = True
+    return grid[best]
+
+
+def evaluate_targets(models: Sequence[torch.nn.Module], splits: Sequence[str], targets: Sequence[int], source: int,
+                     plugins: dict[str, ToCom], s: EvalSettings, measure: Callable[..., dict], metric: str,
+                     device: torch.device, base: dict) -> list[dict]:
+    """The loop of every evaluator (classification top-1, segmentation mIoU), one row per score.
+
+    First every target r plain, on every split; then per plugin (merged into every model, on the grid
+    scaled to the s it was distilled at) and per target r != source (source == target needs no plugin):
+    every s of the grid on the selection split (`s.select_split`), the best (`choose_scale`) on the others.
+    `models` all move together (the evaluated model and the one choosing s, when another one does);
+    `measure(split, target, variant, scale)` scores one split and returns the row's metric columns,
+    `metric` naming the one s is chosen on. `base`: the columns every row shares.
+    """
+    rows: list[dict] = []
+    select = s.select_split
+
+    def score(split, target, variant="", scale=None, selected=False):
+        res = measure(split, target, variant, scale)
+        rows.append({**base, "target_r": target, "tocom": int(bool(variant)), "variant": variant, "s": scale,
+                     "split": split, **res, "selected": selected})
+        return res[metric]
+
+    for target in targets:
+        for m in models:
+            set_r(m, target)
+        for split in splits:
+            score(split, target)
+    for label, plugin in plugins.items():
+        grid = s.grid_for(plugin.train_scale or s.grid_scale)
+        plugin.to(device)
+        comps = [compensate(m, plugin, source, source, scale=grid[0], merge=True) for m in models]
+
+        def switch(target, scale):
+            for comp in comps:
+                comp.switch(target, scale)
+
+        try:
+            for target in targets:
+                if target == source:
+                    continue
+                best = choose_scale(grid, rows, lambda v: switch(target, v), lambda v: score(select, target, label, v))
+                switch(target, best)
+                for split in splits:
+                    if split != select:
+                        score(split, target, label, best, selected=True)
+        finally:
+            for comp in comps:
+                comp.remove()
+    return rows

@@ -32,8 +32,7 @@ from ..compress import max_r, patch, set_r
 from ..errors import TocomError
 from ..plugin import ToCom, compensate
 from ..settings import DistillSettings, RunSettings
-from .common import Fit, Runtime, finish, fit, loader, runtime, seed_everything
-from .finetune import set_drop_path
+from .common import Fit, Runtime, finish, fit, loader, runtime, seed_everything, set_drop_path
 
 
 def draw_pair(r_max: int) -> tuple[int, int]:

@@ -25,10 +25,10 @@ from torch import nn
 
 from ..compress import max_r, method_of, patch, set_r
 from ..errors import TocomError
-from ..io import write_csv
-from ..plugin import ToCom, compensate
+from ..io import write_csv, write_json
+from ..plugin import ToCom
 from ..settings import UNCOMPRESSED, EvalSettings, RunSettings, splits_overlap
-from .common import accuracy, loader, runtime
+from .common import accuracy, evaluate_targets, loader, runtime
 
 COLUMNS = ["dataset", "backbone", "method", "source_r", "target_r", "tocom", "variant", "s", "split", "seed",
            "top1", "n", "selected", "checkpoint"]
@@ -67,18 +67,6 @@ def check_selection(meta: dict, select_split: str, what: str) -> None:
                          "or on another split")
 
 
-def choose_scale(grid: Sequence[float], rows: list[dict], switch, score) -> float:
-    """Per target: `switch(s)` then `score(s)` (which appends one row for the selection split and returns
-    its score) for every s of the grid; mark the best row selected (ties: the smaller s) and return its s."""
-    scores = []
-    for v in grid:
-        switch(v)
-        scores.append(score(v))
-    best = max(range(len(grid)), key=lambda i: (scores[i], -grid[i]))
-    rows[-len(grid) + best]["selected"] = True
-    return grid[best]
-
-
 def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence[int],
                    plugins: dict[str, ToCom] | None = None, s: EvalSettings | None = None,
                    run: RunSettings | None = None, selector: tuple[nn.Module, dict, object] | None = None,
@@ -100,7 +88,7 @@ def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence
     too_big = [t for t in targets if t > max_r(model)]
     if too_big:
         raise TocomError(f"target r {too_big} exceeds what the backbone carries (max r = {max_r(model)})")
-    rt = runtime(run.device, amp=True)
+    rt = runtime(run.device, run.amp)
     models = {"final": (model, meta)}
     eval_splits = {name: ("final", ds) for name, ds in splits.items()}
     select = s.select_split
@@ -122,44 +110,16 @@ def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence
         m.to(rt.device).eval()
     loaders = {name: (which, loader(ds, s.batch_size, rt, train=False, seed=run.seed))
                for name, (which, ds) in eval_splits.items()}
-    base = dict(dataset=meta.get("dataset", ""), backbone=meta.get("backbone", ""), method=method,
-                source_r=source, seed=run.seed)
-    rows = []
 
-    def score(split, target, variant="", scale=None, selected=False):
+    def measure(split, target, variant, scale):
         which, data = loaders[split]
         top1, n = accuracy(models[which][0], data, rt, not run.quiet, desc=f"{split} r={target} {variant} s={scale}")
-        rows.append({**base, "target_r": target, "tocom": int(bool(variant)), "variant": variant, "s": scale,
-                     "split": split, "top1": top1, "n": n, "selected": selected, "checkpoint": which})
-        return top1
+        return {"top1": top1, "n": n, "checkpoint": which}
 
-    for target in targets:
-        for m, _ in models.values():
-            set_r(m, target)
-        for split in loaders:
-            score(split, target)
-    for label, plugin in (plugins or {}).items():
-        grid = s.grid_for(plugin.train_scale or s.grid_scale)
-        plugin.to(rt.device)
-        comps = {which: compensate(m, plugin, source, source, scale=grid[0], merge=True)
-                 for which, (m, _) in models.items()}
-
-        def switch(target, scale):
-            for comp in comps.values():
-                comp.switch(target, scale)
-
-        try:
-            for target in targets:
-                if target == source:          # source == target needs no compensation
-                    continue
-                best = choose_scale(grid, rows, lambda v: switch(target, v), lambda v: score(select, target, label, v))
-                switch(target, best)
-                for split in loaders:
-                    if split != select:
-                        score(split, target, label, best, selected=True)
-        finally:
-            for comp in comps.values():
-                comp.remove()
+    base = dict(dataset=meta.get("dataset", ""), backbone=meta.get("backbone", ""), method=method,
+                source_r=source, seed=run.seed)
+    rows = evaluate_targets([m for m, _ in models.values()], list(loaders), targets, source, plugins or {}, s,
+                            measure, "top1", rt.device, base)
     df = pd.DataFrame(rows, columns=COLUMNS)
     if out:
         write_csv(df, out)
@@ -181,7 +141,7 @@ def transfer(model_b: nn.Module, meta_b: dict, high_a: dict, low_a: dict, test_s
     """Table 1: top-1 on B at `target_r` of M_0^B and of M_16^A - M_0^A + M_0^B, under `method`
     (`resolve_method`: default, the one M_0^B records, i.e. ToMe for the uncompressed r = 0 model)."""
     s, run = s or EvalSettings(), run or RunSettings()
-    rt = runtime(run.device, amp=True)
+    rt = runtime(run.device, run.amp)
     method = resolve_method(meta_b, model_b, method)
     patch(model_b, method)
     if not 0 <= target_r <= max_r(model_b):
@@ -209,11 +169,9 @@ def transfer(model_b: nn.Module, meta_b: dict, high_a: dict, low_a: dict, test_s
 
 def score(model: nn.Module, meta: dict, data, s: EvalSettings, run: RunSettings, out: str | Path) -> dict:
     """Plain top-1 at the model's own source r on a held-out split (a search candidate's score)."""
-    from ..io import write_json
-
     check_classes(model, data, "the model")
     check_selection(meta, data.split, "the model")
-    rt = runtime(run.device, amp=True)
+    rt = runtime(run.device, run.amp)
     patch(model, resolve_method(meta, model))
     set_r(model, int(meta.get("source_r", 0)))
     model.to(rt.device).eval()

@@ -19,15 +19,7 @@ from ..compress import METHODS, max_r, patch, set_r
 from ..errors import TocomError
 from ..models import save_model
 from ..settings import UNCOMPRESSED, FinetuneSettings, PretrainSettings, RunSettings
-from .common import Fit, Runtime, finish, fit, loader, runtime, seed_everything
-
-
-def set_drop_path(model: nn.Module, rate: float) -> None:
-    """Stochastic depth rising linearly over the blocks to `rate` (DeiT); 0 removes it."""
-    from timm.layers import DropPath
-
-    for blk, r in zip(model.blocks, torch.linspace(0, rate, len(model.blocks)).tolist()):
-        blk.drop_path1 = blk.drop_path2 = DropPath(r) if r > 0 else nn.Identity()
+from .common import Fit, Runtime, finish, fit, loader, runtime, seed_everything, set_drop_path
 
 
 class Classification(nn.Module):

@@ -22,7 +22,6 @@ model fine-tuned from it.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -32,13 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..compress import flops, max_r, patch, set_r
+from ..compress import max_r, patch, set_r
 from ..errors import TocomError
-from ..io import atomic_path, write_csv
-from ..plugin import ToCom, compensate
+from ..io import header_json, read_safetensors_header, write_csv, write_safetensors
+from ..plugin import ToCom
+from ..segment import MeanIoU, create_segmenter, segmenter_flops
 from ..settings import EvalSettings, RunSettings, SegmentSettings, splits_overlap
-from .common import Fit, Runtime, finish, fit, loader, runtime, seed_everything
-from .evaluate import choose_scale
+from .common import Fit, Runtime, evaluate_targets, finish, fit, loader, runtime, seed_everything
 
 METHOD = "tome_ffn"
 HEADER = "tocom_segmenter"
@@ -51,37 +50,23 @@ def build_segmenter(backbone: str, n_cls: int, s: SegmentSettings, checkpoint: s
                     pretrained: bool = False):
     """A Segmenter on `backbone` laid out for s.crop_size px, its encoder from `checkpoint` (ImageNet
     weights: an official .pth or a tocom .safetensors; the classification head is dropped)."""
-    from ..segment import create_segmenter
-
     return create_segmenter(backbone, n_cls=n_cls, img_size=s.crop_size, checkpoint=checkpoint,
                             pretrained=pretrained, decoder_depth=s.decoder_depth, drop_path_rate=s.drop_path)
 
 
 def save_segmenter(model: nn.Module, path: str | Path, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={HEADER: json.dumps(meta, sort_keys=True)})
+    write_safetensors(model.state_dict(), path, {HEADER: meta})
 
 
 def load_segmenter(path: str | Path):
     """(Segmenter, meta) from a `segment_finetune` output, patched for tome_ffn at its source r."""
-    from safetensors import safe_open
-
-    from ..segment import create_segmenter
-
     path = Path(path)
     if not path.is_file():
         raise TocomError(f"no segmentation model at {path}; run `tocom segment-finetune` to make one or fix the path")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(HEADER)
-    except Exception as e:
-        raise TocomError(" ".join(f"{path} is not a readable safetensors file ({e})".split())) from None
-    if raw is None:
+    fix = "re-run `tocom segment-finetune`"
+    meta = header_json(path, read_safetensors_header(path, fix)[0], HEADER, f"'{HEADER}' header", fix)
+    if meta is None:
         raise TocomError(f"{path} is not a Segmenter written by `tocom segment-finetune` (no '{HEADER}' header)")
-    meta = json.loads(raw)
     model = create_segmenter(meta["backbone"], n_cls=meta["num_classes"], img_size=meta["img_size"],
                              checkpoint=str(path), decoder_depth=meta["decoder_depth"], drop_path_rate=0.0)
     patch(model, METHOD)
@@ -150,8 +135,6 @@ def segment_finetune(model: nn.Module, train_set, out: str | Path, r: int = 0, s
 @torch.no_grad()
 def miou(model: nn.Module, data, num_classes: int, ignore_index: int = 255, device=None) -> dict:
     """Single-scale mIoU: sliding-window logits (window = the encoder's resolution), upsampled to the labels."""
-    from ..segment import MeanIoU
-
     metric = MeanIoU(num_classes, ignore_index)
     n = 0
     for images, labels in data:
@@ -165,7 +148,7 @@ def miou(model: nn.Module, data, num_classes: int, ignore_index: int = 255, devi
     return {"miou": 100.0 * out["miou"], "pixel_acc": 100.0 * out["pixel_acc"], "n": n}
 
 
-def _seg_loader(ds, batch_size: int, rt, seed: int):
+def _seg_loader(ds, batch_size: int):
     from ..data.segmentation import collate_segmentation
 
     fixed = getattr(ds.joint_transform(), "kind", "fixed") == "fixed"
@@ -199,44 +182,23 @@ def segment_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequen
         if getattr(ds, "num_classes", n_cls) != n_cls:
             raise TocomError(f"the model has {n_cls} classes but {ds.name} has {ds.num_classes}; evaluate it on the "
                              "dataset it was fine-tuned on")
-    rt = runtime(run.device, amp=True)
+    rt = runtime(run.device, run.amp)
     model.to(rt.device).eval()
-    loaders = {name: _seg_loader(ds, s.batch_size, rt, run.seed) for name, ds in splits.items()}
+    loaders = {name: _seg_loader(ds, s.batch_size) for name, ds in splits.items()}
     ignore = int((meta.get("settings") or {}).get("ignore_index", 255))
-    base = dict(dataset=meta.get("dataset", ""), backbone=meta.get("backbone", ""), method=METHOD, source_r=source,
-                seed=run.seed)
-    gflops = {t: flops(model, t)["gflops"] for t in targets}
-    rows = []
+    gflops = {t: segmenter_flops(model, t)["gflops"] for t in targets}
 
-    def score(split, target, variant="", scale=None, selected=False):
-        res = miou(model, loaders[split], n_cls, ignore, rt.device)
-        rows.append({**base, "target_r": target, "tocom": int(bool(variant)), "variant": variant, "s": scale,
-                     "split": split, **res, "gflops": gflops[target], "selected": selected})
+    def measure(split, target, variant, scale):
+        with rt.autocast():
+            res = miou(model, loaders[split], n_cls, ignore, rt.device)
         if not run.quiet:
             print(f"[segment] {split} r={target} {variant} s={scale}: mIoU {res['miou']:.2f}", file=sys.stderr)
-        return res["miou"]
+        return {**res, "gflops": gflops[target]}
 
-    encoder = model.tocom_backbone
-    for target in targets:
-        set_r(model, target)
-        for split in loaders:
-            score(split, target)
-    for label, plugin in (plugins or {}).items():
-        grid = s.grid_for(plugin.train_scale or s.grid_scale)
-        plugin.to(rt.device)
-        comp = compensate(encoder, plugin, source, source, scale=grid[0], merge=True)
-        try:
-            for target in targets:
-                if target == source:
-                    continue
-                best = choose_scale(grid, rows, lambda v: comp.switch(target, v),
-                                    lambda v: score(select, target, label, v))
-                comp.switch(target, best)
-                for split in loaders:
-                    if split != select:
-                        score(split, target, label, best, selected=True)
-        finally:
-            comp.remove()
+    base = dict(dataset=meta.get("dataset", ""), backbone=meta.get("backbone", ""), method=METHOD, source_r=source,
+                seed=run.seed)
+    rows = evaluate_targets([model.tocom_backbone], list(loaders), targets, source, plugins or {}, s, measure, "miou",
+                            rt.device, base)
     set_r(model, source)
     df = pd.DataFrame(rows, columns=COLUMNS)
     if out:

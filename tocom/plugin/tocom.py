@@ -21,7 +21,6 @@ gives any m -> n delta for all L blocks at once.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import TocomError
-from ..io import atomic_path
+from ..io import header_json, read_safetensors, read_safetensors_header, write_safetensors
 
 VARIANTS = ("tocom", "shared", "no_inversion")
 PROJECTIONS = ("q", "v")
@@ -134,37 +133,24 @@ class ToCom(nn.Module):
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         """Write the plugin as safetensors with its shape and provenance in the header (atomically)."""
-        from safetensors.torch import save_file
-
         meta = self.metadata()
         if extra:
-            meta["extra"] = json.dumps(extra, sort_keys=True)
-        tensors = {f"{k}.{p}": getattr(self, k)[p].detach().cpu().contiguous() for k in ("A", "B") for p in PROJECTIONS}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+            meta["extra"] = extra
+        write_safetensors({f"{k}.{p}": getattr(self, k)[p] for k in ("A", "B") for p in PROJECTIONS}, path, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "ToCom":
         """Read a plugin written by `save`, after checking that its header and its tensors agree."""
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise TocomError(f"no ToCom plugin at {path}; run `tocom distill` to make one or fix the path")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-                if meta.get("format") == "tocom":
-                    header, extra = _plugin_header(path, meta)
-                    _check_plugin_tensors(path, header, shapes)
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except TocomError:
-            raise
-        except Exception as e:  # safetensors raises its own types for a corrupt header
-            raise TocomError(" ".join(f"{path} is not a readable safetensors file ({e}); re-run `tocom distill`".split())) from None
+        fix = "re-run `tocom distill`"
+        meta, shapes = read_safetensors_header(path, fix)
         if meta.get("format") != "tocom":
             raise TocomError(f"{path} is a safetensors file but not a ToCom plugin (no 'format: tocom' metadata)")
+        header, extra = _plugin_header(path, meta)
+        _check_plugin_tensors(path, header, shapes)
+        tensors = read_safetensors(path, fix)
         bad = [k for k, t in tensors.items() if not t.is_floating_point()]
         if bad:
             raise TocomError(f"{path}: tensor {bad[0]} holds {tensors[bad[0]].dtype}, not floats; the plugin is damaged, "
@@ -234,14 +220,7 @@ def _plugin_header(path: Path, meta: dict[str, str]) -> tuple[dict, dict]:
                          f"r_max={ints['r_max']}; {fix}")
     if meta["variant"] not in VARIANTS:
         raise TocomError(f"{path}: plugin header has variant {meta['variant']!r}, not one of {', '.join(VARIANTS)}; {fix}")
-    extra = {}
-    if "extra" in meta:
-        try:
-            extra = json.loads(meta["extra"])
-        except ValueError as e:
-            raise TocomError(f"{path}: plugin header's 'extra' is not valid JSON ({e}); {fix}") from None
-        if not isinstance(extra, dict):
-            raise TocomError(f"{path}: plugin header's 'extra' is a JSON {type(extra).__name__}, not an object; {fix}")
+    extra = header_json(path, meta, "extra", "plugin header's 'extra'", fix) or {}
     return dict(depth=ints["depth"], dim=ints["width"], r_max=ints["r_max"], rank=ints["rank"],
                 variant=meta["variant"], backbone=meta.get("backbone", ""), method=meta.get("method", "tome"),
                 r_step=ints["r_step"]), extra

@@ -3,7 +3,7 @@
 Encoder: a timm ViT run at the segmentation resolution (DeiT-B/16-384 at 512 x 512: 32 x 32 =
 1,024 patch tokens). Pre-trained position embeddings are resized to the new grid by bilinear
 interpolation of the patch part, prefix (class/distillation) embeddings unchanged, as Segmenter
-does when it moves an ImageNet model to 512 px (`resize_pos_embed`). The encoder's prefix tokens are
+does when it moves an ImageNet model to 512 px (`tocom.models.resize_pos_embed`). The encoder's prefix tokens are
 dropped after its final norm; only patch tokens reach the decoder.
 
 Decoder (Mask Transformer): the patch tokens are projected to the decoder width; n_cls learnable
@@ -13,7 +13,7 @@ L2-normalised; the masks are their scalar products (n_patch x n_cls), layer-norm
 classes (the mask norm), reshaped to the patch grid and upsampled bilinearly to the image.
 
 The encoder is an ordinary timm ViT held as `Segmenter.tocom_backbone`, so `tocom.patch(seg,
-"tome_ffn")`, `tocom.set_r(seg, r)` and `tocom.flops(seg, r)` work on the Segmenter directly;
+"tome_ffn")` and `tocom.set_r(seg, r)` work on the Segmenter directly (its FLOPs: `segmenter_flops`);
 compensation plugins are applied to `seg.encoder`.
 
 Which encoder Table 11 used: the ToCom paper says "DeiT-B384" with Segmenter's Mask Transformer
@@ -34,6 +34,7 @@ from torch import nn
 from timm.models.vision_transformer import Block
 
 from ..errors import TocomError
+from ..models import read_state_dict, resize_pos_embed
 
 #: Segmenter's ADE20K setting (Table 11): encoder, resolution, classes, decoder layers.
 ADE20K_SETTING = dict(backbone="deit_base_distilled_patch16_384", img_size=512, n_cls=150, decoder_depth=2)
@@ -173,25 +174,6 @@ class Segmenter(nn.Module):
         return (logits / count)[..., :h, :w]
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_prefix: int,
-                     old_grid: tuple[int, int] | None = None) -> torch.Tensor:
-    """(1, prefix + gh*gw, C) -> (1, prefix + new_gh*new_gw, C): bilinear on the patch grid, prefix kept."""
-    prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
-    n = grid.shape[1]
-    if old_grid is None:
-        side = int(round(math.sqrt(n)))
-        if side * side != n:
-            raise TocomError(f"position embeddings of {n} patch tokens are not a square grid; pass old_grid")
-        old_grid = (side, side)
-    if tuple(old_grid) == tuple(new_grid):
-        return pos_embed
-    c = grid.shape[-1]
-    grid = grid.reshape(1, old_grid[0], old_grid[1], c).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bilinear", align_corners=False).to(pos_embed.dtype)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], c)
-    return torch.cat([prefix, grid], dim=1)
-
-
 def load_encoder_weights(encoder: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Load ImageNet weights into an encoder laid out for another resolution (pos_embed resized, heads dropped)."""
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist.", "fc_norm."))}
@@ -218,9 +200,6 @@ def create_segmenter(backbone: str = "deit_base_patch16_384", n_cls: int = 150, 
     uses dropout 0.1 and no drop path. Tiny: `create_segmenter("tocom_vit_tiny_patch8_56", n_cls=11,
     img_size=56)`.
     """
-    import tocom.models  # noqa: F401  (registers the tiny backbones)
-    from ..models import read_state_dict
-
     base = backbone.split(".")[0]
     if not timm.is_model(base):
         raise TocomError(f"unknown backbone {backbone!r}; use a timm ViT name such as deit_base_patch16_384")

@@ -55,7 +55,7 @@ def gflops_table(timm_name: str, method: str, r_max: int) -> list[float]:
 
 def dense_gflops(timm_name: str, img_size: int, rs, n_cls: int | None = None, decoder_depth: int = 2) -> list[float]:
     """GFLOPs of the ViT at img_size with tome_ffn at each r; with n_cls, of the whole Segmenter (Table 11)."""
-    from tocom.compress import mask_transformer_flops
+    from tocom.segment import mask_transformer_flops
 
     with torch.device("meta"):
         model = patch(timm.create_model(timm_name, pretrained=False, img_size=img_size), "tome_ffn")
