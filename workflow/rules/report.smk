@@ -52,7 +52,7 @@ REPORT = f"{REPORT_RUN}/{layout.REPORT}"
 REPORT_PARAMS = dict(config=config, run_dir=REPORT_RUN, fig_dir=REPORT_FIGURES)
 REPORT_REFERENCES = {key: str(Path(workflow.basedir) / path) for key, path in REPORT_ITEMS.REFERENCES.items()}
 # Every item reruns when the code it shares (or the registry) changes, not only its own script.
-REPORT_HELPERS = sorted(str(p) for p in (REPORT_SCRIPTS / "common").glob("*.py")) + [str(REPORT_SCRIPTS / "items.py")]
+REPORT_HELPERS = [str(p) for p in sorted((REPORT_SCRIPTS / "common").glob("*.py"))] + [str(REPORT_SCRIPTS / "items.py")]
 
 # Snakemake's HTML report reads each caption from a file: they are written from the registry into this
 # process's temporary folder (the report is rendered by the process that parsed this file).
@@ -72,15 +72,11 @@ def report_file(path, item, ext):
                   subcategory=item.label, labels={"item": item.label, "file": REPORT_FILE_KINDS[ext]})
 
 
-def report_item_md(item):
-    return f"{REPORT_RUN}/{layout.REPORT_ITEM.format(item=item.stem, ext='.md')}"
-
-
-def report_outputs(item):
-    return ([report_file(f"{REPORT_RUN}/{layout.REPORT_ITEM.format(item=item.stem, ext=ext)}", item, ext)
-             for ext in item.report_exts]
-            + [report_file(f"{REPORT_FIGURES}/{layout.FIGURE.format(item=item.stem, ext=ext)}", item, ext)
-               for ext in item.figure_exts])
+def report_item_path(item, ext):
+    """Where an item's file goes: figures under figures/<name>/, the rest under the run's report/ (tocom.layout)."""
+    if ext in item.figure_exts:
+        return f"{REPORT_FIGURES}/{layout.FIGURE.format(item=item.stem, ext=ext)}"
+    return f"{REPORT_RUN}/{layout.REPORT_ITEM.format(item=item.stem, ext=ext)}"
 
 
 for _script, _items in REPORT_ITEMS.scripts().items():
@@ -92,14 +88,14 @@ for _script, _items in REPORT_ITEMS.scripts().items():
             *[f"{REPORT_RUN}/{layout.TABLE.format(table=t)}" for t in _tables],
             **{r: REPORT_REFERENCES[r] for r in _refs},
             helpers=REPORT_HELPERS,
-        output: [f for item in _items for f in report_outputs(item)]
+        output: [report_file(report_item_path(i, ext), i, ext) for i in _items for ext in i.report_exts + i.figure_exts]
         params: **REPORT_PARAMS, script=_script
         localrule: True
         script: "../scripts/report/{params.script}.py"     # read when the job runs: not the loop's variable
 
 
 rule assemble_report:
-    input: [report_item_md(item) for item in REPORT_ITEMS.ITEMS.values()], helpers=REPORT_HELPERS
+    input: [report_item_path(item, ".md") for item in REPORT_ITEMS.ITEMS.values()], helpers=REPORT_HELPERS
     output: REPORT
     params: **REPORT_PARAMS
     localrule: True

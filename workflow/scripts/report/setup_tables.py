@@ -19,7 +19,7 @@ from common.ctx import GROUPS, Ctx, run
 from common.table import stub, write_plain
 from items import REFERENCES, ROLES, Item
 from tocom import layout
-from tocom.settings import DistillSettings, FinetuneSettings   # torch-free: field names and defaults
+from tocom.settings import DENSE_METHODS, DistillSettings, FinetuneSettings   # torch-free: names and defaults
 
 REPO = Path(__file__).resolve().parents[3]
 HPARAMS = REPO / REFERENCES["paper_hparams"]
@@ -143,8 +143,8 @@ def groups_of(ctx: Ctx) -> tuple[list[dict], bool]:
     cfg, plugins, models = ctx.config, ctx.table("plugins"), ctx.table("models")
     from_results = True
     out = []
-    if len(plugins) and "method" in plugins:      # Table 11's tome_ffn plugins have their own recipe (not Table 13's)
-        plugins = plugins[plugins.method != "tome_ffn"]
+    if len(plugins) and "method" in plugins:      # Table 11's dense-prediction plugins: their own recipe
+        plugins = plugins[~plugins.method.isin(DENSE_METHODS)]
     pl = plugins[plugins.variant == "tocom"] if len(plugins) and (plugins.variant == "tocom").any() else plugins
     seg_only = {(cfg.get("segmentation") or {}).get("backbone")} - \
         {st["backbone"] for st in cfg.get("studies", [])} - {t["backbone"] for t in cfg.get("transfer", [])}
