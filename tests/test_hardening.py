@@ -457,7 +457,8 @@ def test_atomic_outputs_honour_the_umask(tmp_path, mask, mode):
 def test_report_outputs_are_atomic_and_honour_the_umask(tmp_path):
     sys.path.insert(0, str(REPO / "workflow/scripts/report"))
     try:
-        import common as report
+        from common.table import stub, write_plain
+        from items import FIGURE, TABLE, Item
     finally:
         sys.path.pop(0)
     import pandas as pd
@@ -473,8 +474,8 @@ def test_report_outputs_are_atomic_and_honour_the_umask(tmp_path):
             return tmp_path / "fig" / f"{stem}{ext}"
 
     with umask(0o022):
-        report.stub(Ctx(), "figX", "Figure X", "not configured", figure=True)
-        report.write_plain(Ctx(), "tabY", "Table Y", "caption", pd.DataFrame({"a": [1.0]}))
+        stub(Ctx(), Item("figX", "Figure X", FIGURE, (), "X", "x"), "not configured")
+        write_plain(Ctx(), Item("tabY", "Table Y", TABLE, (), "Y", "y"), "caption", pd.DataFrame({"a": [1.0]}))
     files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     assert {p.name for p in files} == {"figX.md", "figX.csv", "figX.png", "figX.pdf", "tabY.md", "tabY.tex", "tabY.csv"}
     assert all(p.stat().st_mode & 0o777 == 0o644 for p in files)

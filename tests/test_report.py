@@ -21,10 +21,17 @@ import pytest
 import yaml
 from scipy import stats
 
+from tocom import layout
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "workflow" / "scripts" / "report"
 sys.path.insert(0, str(SCRIPTS))
-common = importlib.import_module("common")
+from common.ctx import Ctx  # noqa: E402
+from common.ctx import make as make_items  # noqa: E402
+from common.stats import pair_test  # noqa: E402
+from common.table import CSV_COLUMNS  # noqa: E402
+
+import items  # noqa: E402
 
 PAPER = yaml.safe_load((REPO / "config/paper.yaml").read_text())
 CIFAR_FGVC = ["cifar100", "cub200"]
@@ -57,7 +64,7 @@ def eval_rows(key, method, datasets, sources, targets, variants, seeds):
     return rows
 
 
-def fabricate(root: Path, scale="smoke", seeds=(0,), settings=True) -> common.Ctx:
+def fabricate(root: Path, scale="smoke", seeds=(0,), settings=True) -> Ctx:
     config = copy.deepcopy(PAPER)
     config.update(name="fab", scale=scale, seeds=list(seeds))
     config["report"]["cifar_fgvc"] = list(CIFAR_FGVC)
@@ -92,8 +99,8 @@ def fabricate(root: Path, scale="smoke", seeds=(0,), settings=True) -> common.Ct
                                                                                              index=False)
     if settings:
         add_settings(config, tables)
-    return common.Ctx(config, tables, root / "results/fab/report", root / "figures/fab",
-                      REPO / "reference/paper_results.csv")
+    return Ctx(config, root / layout.run_dir("fab"), root / layout.figure_dir("fab"),
+               REPO / items.REFERENCES["paper_results"])
 
 
 RECIPE = {"cifar100": "cifar", "cub200": "fgvc", **{d: "vtab" for ds in VTAB.values() for d in ds}}
@@ -135,17 +142,15 @@ def add_settings(config, tables):
     pd.DataFrame(search).to_csv(tables / "search.csv", index=False)
 
 
-ITEMS = ("claims", "claims_at_scale", "fig2_source_target", "fig3_throughput", "table1_transfer", "fig5_inference",
-         "table2_3_vtab_inference", "fig6_training", "table4_vtab_training", "table5_ablation", "table6_scale",
-         "table7_rank", "fig7_table8_evit", "table_idle", "table9_deit_s", "table10_mae", "table11_segmentation", "setup_tables")
+SCRIPTS_OF_ITEMS = list(items.scripts())       # the report's scripts, each making its items (items.py)
 
 
-def run(name, ctx):
-    importlib.import_module(name).make(ctx)
+def run(script, ctx):
+    make_items(script, ctx)
 
 
 def cells(ctx, stem):
-    df = pd.read_csv(ctx.report_dir / f"{stem}.csv").fillna({"block": ""})
+    df = pd.read_csv(ctx.out(stem, ".csv")).fillna({"block": ""})
     return df[df.kind == "cell"].set_index(["block", "row", "column"]), df[df.kind == "test"]
 
 
@@ -163,9 +168,9 @@ def test_table1_means_and_delta(tmp_path):
     assert c.loc[(block, "cub200", "M_16^A − M_0^A + M_0^B"), "mean"] == pytest.approx(81.5)
     assert c.loc[(block, "cub200", "Δ"), "mean"] == pytest.approx(1.5)
     assert c.paper.isna().all()                                      # scale smoke: no comparison
-    md = (ctx.report_dir / "table1_transfer.md").read_text()
+    md = (ctx.out("table1_transfer", ".md")).read_text()
     assert "not compared with the paper" in md and "1 seed, no interval" in md and "↳ paper" not in md
-    assert (ctx.report_dir / "table1_transfer.tex").read_text().startswith(r"\begin{table}")
+    assert (ctx.out("table1_transfer", ".tex")).read_text().startswith(r"\begin{table}")
 
 
 def test_vtab_tables_group_means_and_deltas(tmp_path):
@@ -185,7 +190,7 @@ def test_vtab_tables_group_means_and_deltas(tmp_path):
     assert set(tests.n_tasks) == {3}                                  # natural + specialized tasks
     c3, _ = cells(ctx, "table3_vtab_structured")
     assert c3.loc[(block, "source r = 0 + ToCom", "Structured Δ"), "mean"] == pytest.approx(4.0)
-    md = (ctx.report_dir / "table2_vtab_natural_specialized.md").read_text()
+    md = (ctx.out("table2_vtab_natural_specialized", ".md")).read_text()
     assert "Paired test" in md and "not in this run's grid (left out of the means): vtab/svhn" in md
 
     run("table4_vtab_training", ctx)
@@ -220,7 +225,7 @@ def test_figures_write_png_pdf_and_their_numbers(tmp_path):
         run(name, ctx)
     for stem in ("fig2_source_target", "fig3_throughput", "fig5_inference", "fig6_training"):
         assert (ctx.fig_dir / f"{stem}.png").stat().st_size > 1000 and (ctx.fig_dir / f"{stem}.pdf").exists()
-        assert f"](../../figures/fab/{stem}.png)" in (ctx.report_dir / f"{stem}.md").read_text()
+        assert f"](../../figures/fab/{stem}.png)" in (ctx.out(stem, ".md")).read_text()
     c5, _ = cells(ctx, "fig5_inference")
     assert c5.loc[("mean", "+ ToCom", "r = 12"), "mean"] == \
         pytest.approx(mean([top1(d, 0, 12, "tocom") for d in CIFAR_FGVC]))
@@ -242,12 +247,12 @@ def test_missing_roles_become_labelled_stubs(tmp_path):
     c8, _ = cells(ctx, "table8_evit")
     assert c8.loc[("source r = 0 → target r = 16", "+ ToCom", "Structured Δ"), "mean"] == pytest.approx(4.0)
     for stem in ("table_idle", "fig_idle", "table9_deit_s"):
-        assert "Not in this run's grid" in (ctx.report_dir / f"{stem}.md").read_text()
-        assert list(pd.read_csv(ctx.report_dir / f"{stem}.csv").columns) == common.CSV_COLUMNS
-    assert (ctx.fig_dir / "fig_idle.png").exists() and (ctx.report_dir / "table_idle.tex").exists()
+        assert "Not in this run's grid" in (ctx.out(stem, ".md")).read_text()
+        assert list(pd.read_csv(ctx.out(stem, ".csv")).columns) == CSV_COLUMNS
+    assert (ctx.fig_dir / "fig_idle.png").exists() and (ctx.out("table_idle", ".tex")).exists()
     ctx.report.pop("mae")                                            # a role the config does not declare
     run("table10_mae", ctx)
-    assert "no such role" in (ctx.report_dir / "table10_mae.md").read_text()
+    assert "no such role" in (ctx.out("table10_mae", ".md")).read_text()
 
 
 # ---- scale paper, seeds -------------------------------------------------------------------------------
@@ -259,7 +264,7 @@ def test_scale_paper_shows_the_paper_beside_ours(tmp_path):
     c, _ = cells(ctx, "table1_transfer")
     row = c.loc[("`deit_b`/tome, D_A = cifar100, target r = 16", "cub200", "M_0^B")]
     assert row.paper == 82.4 and row.diff_paper == pytest.approx(80.0 - 82.4)
-    md = (ctx.report_dir / "table1_transfer.md").read_text()
+    md = (ctx.out("table1_transfer", ".md")).read_text()
     assert "↳ paper" in md and "↳ ours − paper" in md and "82.4" in md and "-2.4" in md
     c2, _ = cells(ctx, "table2_vtab_natural_specialized")
     block = next(b for b in c2.index.get_level_values(0) if b.startswith("target r = 16"))
@@ -281,7 +286,7 @@ def test_two_seeds_give_intervals_and_paired_tests(tmp_path):
     values = [top1("vtab/clevr_count", 0, 16, seed=s) for s in (0, 1)]
     assert cell["mean"] == pytest.approx(np.mean(values)) and cell.n_seeds == 2
     assert cell.ci == pytest.approx(stats.t.ppf(0.975, 1) * np.std(values, ddof=1) / math.sqrt(2))
-    md = (ctx.report_dir / "table3_vtab_structured.md").read_text()
+    md = (ctx.out("table3_vtab_structured", ".md")).read_text()
     assert "2 seeds: mean ± half-width of the 95 % confidence interval" in md and " ± " in md
 
     run("table5_ablation", ctx)
@@ -293,32 +298,60 @@ def test_two_seeds_give_intervals_and_paired_tests(tmp_path):
     assert t.ci == pytest.approx(stats.t.ppf(0.975, 7) * gains.std(ddof=1) / math.sqrt(8))
     assert t.p_wilcoxon == pytest.approx(stats.wilcoxon(gains, zero_method="wilcox").pvalue)
     assert t.p_ttest == pytest.approx(stats.ttest_1samp(gains, 0).pvalue)
-    md = (ctx.report_dir / "table5_ablation.md").read_text()
+    md = (ctx.out("table5_ablation", ".md")).read_text()
     assert "Wilcoxon p" in md and "Paired test of the gain across tasks × seeds (each (dataset, seed) one pair" in md
     assert re.search(r"\| ToCom \(ours\) +\| +8 \| 4 × 2 +\| \+2\.88 ± ", md)
 
 
 def test_setup_tables_come_from_the_config_and_assemble_in_paper_order(tmp_path):
     ctx = fabricate(tmp_path)
-    for name in ITEMS:
+    for name in SCRIPTS_OF_ITEMS:
         run(name, ctx)
-    hp = pd.read_csv(ctx.report_dir / "table13_hparams.csv", dtype=str).set_index("setting")
+    hp = pd.read_csv(ctx.out("table13_hparams", ".csv"), dtype=str).set_index("setting")
     assert hp.loc["epochs", "ToCom distillation"] == "10" and hp.loc["batch_size", "fine-tune: fgvc"] == "64"
     assert hp.loc["tocom_scale_s_infer_grid", "ToCom distillation"] == "{0.01, 0.02, 0.05, 0.08, 0.1, 0.12, 0.15}"
-    md = (ctx.report_dir / "table13_hparams.md").read_text()
+    md = (ctx.out("table13_hparams", ".md")).read_text()
     assert "Inference scales s: 0.01, 0.02, 0.05, 0.08, 0.1, 0.12, 0.15, written for a plugin trained at s = 0.1" in md
-    bb = pd.read_csv(ctx.report_dir / "table12_backbones.csv").set_index("key")
+    bb = pd.read_csv(ctx.out("table12_backbones", ".csv")).set_index("key")
     assert bb.loc["mae_b", "ToCom loss"] == "features" and str(bb.loc["deit_b", "width"]) == "768"
-    ds = pd.read_csv(ctx.report_dir / "table14_datasets.csv").set_index("dataset")
+    ds = pd.read_csv(ctx.out("table14_datasets", ".csv")).set_index("dataset")
     assert ds.loc["vtab/eurosat", "role"] == "VTAB-1k Specialized" and str(ds.loc["cub200", "test evaluated"]) == "100"
     text = importlib.import_module("assemble").make(ctx)
-    assert (ctx.report_dir.parent / "report.md").read_text() == text
+    assert (ctx.report_path()).read_text() == text
     order = ["The paper's claims", "Claims at this scale", "Fig. 2", "Fig. 3", "Table 1:", "Fig. 5", "Table 2:",
              "Table 3:", "Fig. 6", "Table 4:", "Table 5:",
              "Table 6:", "Table 7:", "Fig. 7", "Table 8:", "IdleViT table", "Table 9:", "Table 10:", "Table 12:",
              "Table 13:", "Table 13 (searches)", "Table 14:"]
     positions = [text.index(f"### {o}") for o in order]
     assert positions == sorted(positions)
+
+
+# ---- the registry (items.py) ------------------------------------------------------------------------------
+def test_each_script_writes_exactly_its_registered_items(tmp_path):
+    """Every report script is in the registry, and makes the files the registry (hence its rule's `output:`)
+    declares for its items: no more, no fewer."""
+    assert {p.stem for p in SCRIPTS.glob("*.py")} - {"assemble", "items"} == set(SCRIPTS_OF_ITEMS)
+    ctx = fabricate(tmp_path)
+    written: set = set()
+    for script, its in items.scripts().items():
+        run(script, ctx)
+        now = {p for p in (*ctx.run_dir.rglob("report/*"), *ctx.fig_dir.glob("*")) if p.is_file()}
+        expected = {ctx.out(i.stem, ext) for i in its for ext in i.report_exts} | \
+            {ctx.fig_path(i.stem, ext) for i in its for ext in i.figure_exts}
+        assert now - written == expected, script
+        written = now
+
+
+def test_an_item_reading_a_table_it_does_not_declare_fails(tmp_path, monkeypatch):
+    """Snakemake waits only for the tables an item declares, so reading another one is an error, not a race."""
+    import dataclasses
+
+    ctx = fabricate(tmp_path)
+    fig3 = next(i for i in items.ITEMS.values() if "bench" in i.tables and i.kind == items.FIGURE)
+    monkeypatch.setitem(items.ITEMS, fig3.stem, dataclasses.replace(fig3, tables=()))
+    with pytest.raises(RuntimeError, match=r"tables/bench\.csv, which is not among its tables"):
+        run(fig3.script, ctx)
+    assert ctx.reads is None                       # the context is usable again
 
 
 # ---- aggregate --------------------------------------------------------------------------------------
@@ -488,20 +521,20 @@ def test_every_item_survives_a_sparse_grid(tmp_path):
     """A config that produces little (one VTAB task, one source, no transfer/bench): nothing crashes; what
     is missing is a labelled stub or a named missing row, and the report still assembles."""
     ctx = fabricate(tmp_path)
-    ev = pd.read_csv(ctx.tables / "eval.csv")
+    ev = pd.read_csv(ctx.table_path("eval"))
     ev = ev[(ev.dataset == "vtab/clevr_count") & (ev.method == "tome") & (ev.source_r == 0) & ev.target_r.isin([0, 12])]
-    ev.to_csv(ctx.tables / "eval.csv", index=False)
+    ev.to_csv(ctx.table_path("eval"), index=False)
     for name in ("transfer", "bench"):
-        pd.read_csv(ctx.tables / f"{name}.csv").iloc[:0].to_csv(ctx.tables / f"{name}.csv", index=False)
-    for name in ITEMS:
+        pd.read_csv(ctx.table_path(name)).iloc[:0].to_csv(ctx.table_path(name), index=False)
+    for name in SCRIPTS_OF_ITEMS:
         run(name, ctx)
     text = importlib.import_module("assemble").make(ctx)
     for stem in ("fig2_source_target", "fig3_throughput", "table1_transfer", "fig5_inference", "fig6_training",
                  "table2_vtab_natural_specialized", "table4_vtab_training", "fig7_evit", "table8_evit"):
-        assert "Not in this run's grid" in (ctx.report_dir / f"{stem}.md").read_text(), stem
-    t3 = (ctx.report_dir / "table3_vtab_structured.md").read_text()
+        assert "Not in this run's grid" in (ctx.out(stem, ".md")).read_text(), stem
+    t3 = (ctx.out("table3_vtab_structured", ".md")).read_text()
     assert "Rows not in this run's grid" in t3 and "source r = 4" in t3           # partial: rows named
-    t5 = (ctx.report_dir / "table5_ablation.md").read_text()
+    t5 = (ctx.out("table5_ablation", ".md")).read_text()
     assert "| Baseline" in t5 and "VTAB-1k tasks not in this run's grid" in t5 and "vtab/dtd" in t5
     assert text.count("Not in this run's grid") >= 9
 
@@ -535,7 +568,7 @@ def test_table13_sets_what_ran_beside_the_paper_and_marks_differences(tmp_path, 
                         "| CIFAR.epochs | 100 | 100 | 50 | a value this run did not use |\n\n## Other\n")
     monkeypatch.setattr(importlib.import_module("setup_tables"), "PROTOCOL", protocol)
     run("setup_tables", ctx)
-    hp = pd.read_csv(ctx.report_dir / "table13_hparams.csv", dtype=str, keep_default_na=False).set_index("setting")
+    hp = pd.read_csv(ctx.out("table13_hparams", ".csv"), dtype=str, keep_default_na=False).set_index("setting")
     assert hp.loc["epochs", "fine-tune: cifar"] == "1" and hp.loc["epochs", "paper CIFAR"] == "100"
     assert hp.loc["epochs", "≠ paper"] == "cifar"              # read from models.csv; 1 is not the documented 50
     assert hp.loc["mixup_prob", "ToCom distillation"] == "0.5"                       # read from plugins.csv
@@ -547,9 +580,9 @@ def test_table13_sets_what_ran_beside_the_paper_and_marks_differences(tmp_path, 
         "0.1 (vtab/cifar, vtab/clevr_count, vtab/eurosat); 10 (vtab/dtd)"            # per dataset: the search's choice
     assert hp.loc["adaptformer_scale_grid", "fine-tune: vtab"] == "{0.01, 0.1, 1, 10, 100}"
     assert hp.loc["tocom_num_lora_groups", "ToCom distillation"] == "16"
-    md = (ctx.report_dir / "table13_hparams.md").read_text()
+    md = (ctx.out("table13_hparams", ".md")).read_text()
     assert "what ran" in md and "| ≠ paper" in md
-    se = pd.read_csv(ctx.report_dir / "table13_search.csv", dtype=str).set_index("dataset")
+    se = pd.read_csv(ctx.out("table13_search", ".csv"), dtype=str).set_index("dataset")
     assert se.loc["cub200", "setting"] == "lr" and se.loc["cub200", "chosen"] == "0.002"
     assert se.loc["cub200", "grid"] == "{0.005, 0.002, 0.001, 0.0005, 0.0002, 0.0001}"
     assert se.loc["vtab/dtd", "chosen"] == "10" and se.loc["vtab/dtd", "val top-1 (chosen)"] == "75.0"
@@ -559,20 +592,20 @@ def test_table13_sets_what_ran_beside_the_paper_and_marks_differences(tmp_path, 
 def test_table13_falls_back_to_the_config_for_results_without_settings(tmp_path):
     ctx = fabricate(tmp_path, settings=False)
     run("setup_tables", ctx)
-    hp = pd.read_csv(ctx.report_dir / "table13_hparams.csv", dtype=str, keep_default_na=False).set_index("setting")
+    hp = pd.read_csv(ctx.out("table13_hparams", ".csv"), dtype=str, keep_default_na=False).set_index("setting")
     assert hp.loc["epochs", "fine-tune: cifar"] == "100" and hp.loc["epochs", "≠ paper"] == ""
-    assert "some results record no settings" in (ctx.report_dir / "table13_hparams.md").read_text()
-    assert "Not in this run's grid" in (ctx.report_dir / "table13_search.md").read_text()   # no search.csv
+    assert "some results record no settings" in (ctx.out("table13_hparams", ".md")).read_text()
+    assert "Not in this run's grid" in (ctx.out("table13_search", ".md")).read_text()   # no search.csv
 
 
 def test_table6_caption_gives_each_plugins_scaled_grid_and_the_chosen_s(tmp_path):
     ctx = fabricate(tmp_path)
-    ev = pd.read_csv(ctx.tables / "eval.csv")
+    ev = pd.read_csv(ctx.table_path("eval"))
     s1 = (ev.variant == "s1") & ev.selected
     ev.loc[s1, "s"] = np.where(ev.loc[s1, "dataset"] == "vtab/dtd", 1.5, 1.0)        # scaled values, as evaluated
-    ev.to_csv(ctx.tables / "eval.csv", index=False)
+    ev.to_csv(ctx.table_path("eval"), index=False)
     run("table6_scale", ctx)
-    md = (ctx.report_dir / "table6_scale.md").read_text()
+    md = (ctx.out("table6_scale", ".md")).read_text()
     assert "scaled by its own training s / 0.1" in md
     assert "s = 1: 0.1–1.5; s = 0.1: 0.01–0.15; s = 0.01: 0.001–0.015" in md
     c, _ = cells(ctx, "table6_scale")
@@ -583,11 +616,11 @@ def test_table6_caption_gives_each_plugins_scaled_grid_and_the_chosen_s(tmp_path
 
 def bump_gains(ctx):
     """Make ToCom's gain depend on the target, so a maximum over targets means something."""
-    ev = pd.read_csv(ctx.tables / "eval.csv")
+    ev = pd.read_csv(ctx.table_path("eval"))
     bump = {("cifar100", 12): 1.5, ("cub200", 4): 0.7, ("cub200", 16): -0.3}
     for (d, t), b in bump.items():
         ev.loc[(ev.dataset == d) & (ev.target_r == t) & (ev.tocom == 1), "top1"] += b
-    ev.to_csv(ctx.tables / "eval.csv", index=False)
+    ev.to_csv(ctx.table_path("eval"), index=False)
     return ev
 
 
@@ -633,7 +666,7 @@ def test_claims_are_the_max_and_the_mean_of_the_gains(tmp_path):
     assert c.paper.isna().all()                                               # scale smoke
     t16 = tests[tests.row == "CIFAR-100 + FGVC mean, 0 → 16"].iloc[0]
     assert t16.n_tasks == 2 and t16["mean"] == pytest.approx(gain(ev, CIFAR_FGVC, 0, 16))
-    md = (ctx.report_dir / "claims.md").read_text()
+    md = (ctx.out("claims", ".md")).read_text()
     assert "optimistic by construction" in md
     for item in ("(c)", "(d)", "(e)"):                                        # nothing measured: said, not invented
         assert f"{item} not measured in this run" in md
@@ -647,8 +680,8 @@ def test_claims_at_scale_paper_with_runtime_and_plugin_checks(tmp_path):
                   dict(rule="distill", job="deit_b_tome_h1", repeat=0, s=3600.0, h=1.0, max_rss=1e4, cpu_time=1.0,
                        gpus=8, device_hours=8.0),
                   dict(rule="finetune", job="x", repeat=0, s=60.0, h=1 / 60, max_rss=1.0, cpu_time=1.0, gpus=1,
-                       device_hours=1 / 60)]).to_csv(ctx.tables / "runtime.csv", index=False)
-    bench = pd.read_csv(ctx.tables / "bench.csv").assign(kind="throughput")
+                       device_hours=1 / 60)]).to_csv(ctx.table_path("runtime"), index=False)
+    bench = pd.read_csv(ctx.table_path("bench")).assign(kind="throughput")
     same = dict(model="deit_base_patch16_224", method="tome", device="cuda", threads=8, batch_size=64, plugin_rank=2,
                 repeats=5, backbone_key="deit_b")
     checks = [dict(same, kind="merged_throughput", source_r=0, target_r=r, k=2 * r, value=v, value_std=1.0,
@@ -656,7 +689,7 @@ def test_claims_at_scale_paper_with_runtime_and_plugin_checks(tmp_path):
               for r, v, ref in ((8, 990.0, 1000.0), (16, 1500.0, 1490.0))]
     checks += [dict(same, kind="switch", source_r=0, target_r=16, from_r=f, k=32, value=v, value_std=0.1,
                     reference=2.0, reference_std=0.1, ratio=v / 2.0, unit="ms") for f, v in ((0, 2.4), (15, 3.0))]
-    pd.concat([bench, pd.DataFrame(checks)]).to_csv(ctx.tables / "bench.csv", index=False)
+    pd.concat([bench, pd.DataFrame(checks)]).to_csv(ctx.table_path("bench"), index=False)
     run("claims", ctx)
     c, _ = claim_rows(ctx)
     a = claim(c, "(a)", "CIFAR-100 role")
@@ -677,7 +710,7 @@ def test_claims_at_scale_paper_with_runtime_and_plugin_checks(tmp_path):
     e = claim(c, "(e)", "switch 0 → 16 (move 0 → 16, rank 32)", "ours")
     assert e["mean"] == 2.4 and claim(c, "(e)", "switch 0 → 16", "ours / reference")["mean"] == 1.2
     assert claim(c, "(e)", "switch 15 → 16 (move 0 → 16", "ours / reference")["mean"] == 1.5   # from a neighbour
-    md = (ctx.report_dir / "claims.md").read_text()
+    md = (ctx.out("claims", ".md")).read_text()
     assert "↳ paper" in md and "not measured" not in md and "The paper gives no number" in md
 
 
@@ -706,7 +739,7 @@ PLANTED_VARIANTS = ("tocom", "shared", "cls", "no_inversion", "h1", "h4", "h8", 
 
 
 def planted(root: Path, gains: dict | None = None, noise: float = 0.3, drop=None, rng_seed: int = 0,
-            transfer: float | None = None) -> common.Ctx:
+            transfer: float | None = None) -> Ctx:
     """A main role (deit_b/tome) with 6 VTAB-1k tasks × 3 seeds at sources 0, 16 and targets 0, 8, 12, 16: plain
     top-1 falls 0.25 per degree of mismatch; each plugin adds gains[variant] (default +2.0); every number carries
     Gaussian noise (sd `noise`). `drop(eval frame) -> mask` removes rows; `transfer`: Table 1 rows with that Δ."""
@@ -738,13 +771,13 @@ def planted(root: Path, gains: dict | None = None, noise: float = 0.3, drop=None
                            n=100, backbone_key="deit_b", a="cifar100", high_r=16)
                       for b in ("cub200", "stanford_cars") for seed in (0, 1, 2)
                       for m in ("M0_B", "M16_A-M0_A+M0_B")]).to_csv(tables / "transfer.csv", index=False)
-    return common.Ctx(config, tables, root / "results/fab/report", root / "figures/fab")
+    return Ctx(config, root / layout.run_dir("fab"), root / layout.figure_dir("fab"))
 
 
 def verdicts(ctx) -> pd.DataFrame:
     run("claims_at_scale", ctx)
-    df = pd.read_csv(ctx.report_dir / "claims_at_scale.csv", keep_default_na=False, na_values=[""])
-    assert list(df.columns[:len(common.CSV_COLUMNS)]) == common.CSV_COLUMNS
+    df = pd.read_csv(ctx.out("claims_at_scale", ".csv"), keep_default_na=False, na_values=[""])
+    assert list(df.columns[:len(CSV_COLUMNS)]) == CSV_COLUMNS
     return df
 
 
@@ -769,9 +802,9 @@ def test_claims_at_scale_a_planted_large_gain_holds(tmp_path):
     t = verdict(df, "5 ")                                               # 2 datasets × 3 seeds, all Δ > 0
     assert t.verdict == "holds" and t.n_pairs == 6 and t.p_wilcoxon == pytest.approx(2 / 2 ** 6)
     assert verdict(df, "4 ").row.endswith("0 → 8")                     # the middle target: closest to 16 / 2
-    md = (ctx.report_dir / "claims_at_scale.md").read_text()
+    md = (ctx.out("claims_at_scale", ".md")).read_text()
     assert "**holds**: the mean difference is in the paper's direction and the Wilcoxon p < 0.05" in md
-    assert (ctx.report_dir / "claims_at_scale.tex").read_text().startswith(r"\begin{table}")
+    assert (ctx.out("claims_at_scale", ".tex")).read_text().startswith(r"\begin{table}")
 
 
 def test_claims_at_scale_b_zero_gain_with_noise_is_not_significant(tmp_path):
@@ -803,7 +836,7 @@ def test_claims_at_scale_d_missing_rows_are_not_in_this_run(tmp_path):
         v = verdict(df, claim)
         assert v.verdict == "not in this run" and v.n_pairs == 0 and pd.isna(v["mean"]) and where in v.reason, claim
     assert verdict(df, "2 ").verdict == "holds"                         # 0 → 16 is still there
-    md = (ctx.report_dir / "claims_at_scale.md").read_text()
+    md = (ctx.out("claims_at_scale", ".md")).read_text()
     assert "- Claim 5 The source-degree gap transfers across tasks" in md
     assert "(Sec. 3.2, Table 1): not in this run: the config's `transfer` section is empty" in md
     ctx.report.pop("evit")                                               # a role the config does not declare
@@ -837,7 +870,7 @@ def test_claims_at_scale_insensitivity_rule_edges():
         return pd.Series(np.tile(values, 6), index=index)
 
     def rule(**variants):
-        tests = {k: common.pair_test(v) for k, v in variants.items()}
+        tests = {k: pair_test(v) for k, v in variants.items()}
         return cas.insensitive(cas.Claim("7", "x", "≈ 0"), tests, "absent", None)
 
     small = diffs(0.2, -0.1, 0.05)                    # mean +0.05, p ≈ 0.2
@@ -846,7 +879,7 @@ def test_claims_at_scale_insensitivity_rule_edges():
     c = rule(a=small, b=consistent)
     assert c.verdict == "does not hold" and c.reason == "significant difference: b"
     wide = diffs(10.0, -8.0, 1.6)                     # mean +1.2, p ≈ 0.2
-    assert common.pair_test(wide)["p_wilcoxon"] >= 0.05
+    assert pair_test(wide)["p_wilcoxon"] >= 0.05
     w = rule(a=small, b=wide)
     assert w.verdict == "not significant" and "absolute Δ of b is 1.20 ≥ 1 point" in w.reason
     f = rule(a=small, b=pd.Series([0.1, -0.2, 0.3], index=index[:3]))
@@ -873,7 +906,8 @@ with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
         for f in rule.output:
             flag = get_flag_value(f, "report") if is_flagged(f, "report") else None
             caption = flag.caption.get_path_or_uri(secret_free=True) if flag and flag.caption else None
-            outs.append({"file": str(f), "report": flag is not None, "caption": caption,
+            text = Path(caption).read_text() if caption and Path(caption).exists() else None   # while it exists
+            outs.append({"file": str(f), "report": flag is not None, "caption": caption, "caption_text": text,
                          "category": flag and flag.category, "labels": flag and flag.labels})
         rules[rule.name] = {"script": rule.script, "output": outs}
     text = w.report_text.get_path_or_uri(secret_free=True) if w.report_text else None
@@ -883,9 +917,10 @@ with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
 
 @pytest.mark.slow
 def test_smoke_report_rules_flag_every_table_and_figure_for_snakemakes_report():
-    """Through Snakemake's API (workflow parsed, no DAG): every report item's .md/.csv/.png is flagged with
-    report(), a category and an existing caption that renders as reStructuredText; .tex/.pdf are not; the global
-    description is declared; every item the assembler includes is in the HTML report."""
+    """Through Snakemake's API (workflow parsed, no DAG): one rule per script of the registry; every report
+    item's .md/.csv/.png is flagged with report(), a category and an existing caption (written from the registry)
+    that renders as reStructuredText; .tex/.pdf are not; the global description is declared; every item the
+    assembler includes is in the HTML report."""
     import subprocess
     import warnings
 
@@ -896,27 +931,27 @@ def test_smoke_report_rules_flag_every_table_and_figure_for_snakemakes_report():
     assert res.returncode == 0, res.stderr[-3000:]
     flags = json.loads(res.stdout.strip().splitlines()[-1])
     assert Path(flags["report_text"]).resolve() == REPO / "workflow/report/workflow.rst"
-    items = {name: r for name, r in flags["rules"].items()
+    rules = {name: r for name, r in flags["rules"].items()
              if (r["script"] or "").startswith("../scripts/report/") and name != "assemble_report"}
-    assert "claims_at_scale" in items and set(items) == set(ITEMS)
-    flagged = set()
-    for name, r in items.items():
+    assert items.VERDICTS.script in rules and set(rules) == set(SCRIPTS_OF_ITEMS)
+    flagged, captions = set(), {}
+    for name, r in rules.items():
         for out in r["output"]:
             path = Path(out["file"])
             if path.suffix in (".md", ".csv", ".png"):
-                assert out["report"] and out["category"], out
-                caption = Path(out["caption"]).resolve()
-                assert caption == REPO / "workflow/report" / f"{path.stem}.rst" and caption.exists(), out
+                assert out["report"] and out["category"] == items.ITEMS[path.stem].category, out
+                assert out["caption_text"] == items.ITEMS[path.stem].caption + "\n", out
                 assert set(out["labels"]) == {"item", "file"}, out
                 flagged.add(path.stem)
+                captions[path.stem] = out["caption_text"]
             else:
                 assert path.suffix in (".tex", ".pdf") and not out["report"], out
-    stems = {s for _, group in importlib.import_module("assemble").SECTIONS for s in group}
+    stems = {item.stem for _, group in items.SECTIONS for item in group}
     assert stems == flagged
     config = SimpleNamespace(config={"name": "smoke", "scale": "smoke"})
-    for rst in sorted((REPO / "workflow/report").glob("*.rst")):
-        text = jinja2.Template(rst.read_text()).render(snakemake=config)
+    for text in [(REPO / "workflow/report/workflow.rst").read_text(), *captions.values()]:
+        text = jinja2.Template(text).render(snakemake=config)
         with warnings.catch_warnings():          # docutils' notice about the argument Snakemake itself uses
             warnings.simplefilter("ignore", PendingDeprecationWarning)
             publish_parts(text, writer_name="html", settings_overrides={"halt_level": 2, "report_level": 5})
-    assert {p.stem for p in (REPO / "workflow/report").glob("*.rst")} == flagged | {"workflow"}
+    assert [p.name for p in (REPO / "workflow/report").glob("*.rst")] == ["workflow.rst"]   # no stale captions

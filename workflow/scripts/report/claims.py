@@ -18,10 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import NOT_IN_GRID, Ctx, Stat, Table, gain_of, present, r_pair, select, short
+from common.ctx import Ctx, present, run, select
+from common.fmt import NOT_IN_GRID, r_pair, short
+from common.stats import Stat, gain_of
+from common.table import Table
+from items import REFERENCES, Item
+from tocom import layout
 
-STEM, TITLE = "claims", "The paper's claims in its text, beside this run"
-HPARAMS = Path(__file__).resolve().parents[3] / "reference" / "paper_hparams.csv"
+HPARAMS = Path(__file__).resolve().parents[3] / REFERENCES["paper_hparams"]
 A = "(a) Abstract: up to +2.3 (CIFAR-100), +1.5 (FGVC), +2.0 (VTAB-1k)"
 B = "(b) Sec. 5.2: mean gains +0.5, +1.7 on CIFAR-100 + FGVC at r = 12, 16"
 C = "(c) Sec. 5.1: ToCom training takes 1.8 h on 8 V100s"
@@ -128,7 +132,7 @@ def training_cost(ctx: Ctx, t: Table) -> list[str]:
     mine = rows[rows.job == job] if len(rows) else rows
     if mine.empty:
         return [f"(c) not measured in this run: no Snakemake benchmark file of the distillation "
-                f"(benchmarks/distill/{job}.tsv) in tables/runtime.csv."]
+                f"({layout.BENCHMARK.format(stage='distill', job=job)}) in {layout.TABLE.format(table='runtime')}."]
     h = float(mine.s.mean()) / 3600
     t.put(C, f"wall-clock (h), plugin `{job}`", "ours", Stat(h, n=1), hours, digits=3)
     t.put(C, "GPUs per job (resources.distill.gpus)", "ours", Stat(float(gpus), n=1),
@@ -195,14 +199,14 @@ def plugin_costs(ctx: Ctx, t: Table) -> list[str]:
     return notes
 
 
-def make(ctx: Ctx) -> None:
-    t = Table(ctx, STEM, TITLE, f"Each number the paper states in its text, beside this run's (role "
-                                f"{ctx.role_label('main')}); gains are ToCom (s chosen on val) minus the same "
-                                "model without it, test top-1 points.")
+def make(ctx: Ctx, item: Item) -> None:
+    t = Table(ctx, item, f"Each number the paper states in its text, beside this run's (role "
+                         f"{ctx.role_label('main')}); gains are ToCom (s chosen on val) minus the same model "
+                         "without it, test top-1 points.")
     notes = max_gains(ctx, t) + average_gains(ctx, t) + training_cost(ctx, t) + plugin_costs(ctx, t)
     t.notes += notes
     t.write()
 
 
 if __name__ == "__main__":
-    make(Ctx.from_snakemake(snakemake))  # noqa: F821
+    run(snakemake)  # noqa: F821

@@ -18,10 +18,16 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from common import (ALPHA, CSV_COLUMNS, MIN_PAIRS, PAIRING, Ctx, ablation_label, fmt, fmt_p, latex, markdown_table,
-                    pair_diffs, pair_test, r_pair, select, variant_settings, write_csv, write_text)
+from common.builders import ablation_label, variant_settings
+from common.ctx import Ctx, run, select
+from common.fmt import fmt, fmt_p, latex, markdown_table, r_pair
+from common.stats import ALPHA, MIN_PAIRS, PAIRING, pair_diffs, pair_test
+from common.table import CSV_COLUMNS
+from items import ROLES, Item
+from tocom import layout
+from tocom.io import write_csv, write_text
+from tocom.settings import METHODS
 
-STEM, TITLE = "claims_at_scale", "Claims at this scale: does each qualitative claim hold in this run?"
 HOLDS, FAILS, NS, ABSENT = "holds", "does not hold", "not significant", "not in this run"
 INSENSITIVE_MAX = 1.0          # points: the largest |difference| an "insensitive" claim tolerates
 VERDICT_RULES = (
@@ -37,6 +43,8 @@ VERDICT_RULES = (
     "compared: with 3 variants, a truly insensitive setting is declared \"does not hold\" by chance in about "
     "14 % of runs (1 − 0.95 × 0.95 × 0.95).")
 CSV_EXTRA = ["expected", "verdict", "reason"]
+TRANSFER_TABLE = layout.TABLE.format(table="transfer")
+IN_THE_PAPER = {"evit": "Sec. 5.5, Fig. 7, Table 8"}     # where the paper claims 8 for a method (IdleViT: not)
 
 
 @dataclass
@@ -195,20 +203,18 @@ def larger_gap(ctx: Ctx) -> Claim:
 
 
 def transfer(ctx: Ctx) -> Claim:
-    tr = ctx.table("transfer")
+    tr = ctx.transfer()
     c = Claim("5 The source-degree gap transfers across tasks: M_high^A − M_0^A + M_0^B beats M_0^B on D_B at the "
               "target r (Sec. 3.2, Table 1)", "task arithmetic − M_0^B", "> 0")
     if tr.empty:
-        return directional(c, None, "the config's `transfer` section is empty (tables/transfer.csv has no rows)")
-    arith = tr.model != "M0_B"
+        return directional(c, None, f"the config's `transfer` section is empty ({TRANSFER_TABLE} has no rows)")
     keys = ["backbone_key", "method", "a", "high_r", "target_r"]
-    per_block = [pair_diffs(rows[~arith.loc[rows.index]], rows[arith.loc[rows.index]])
-                 for _, rows in tr.groupby(keys, sort=False)]
+    per_block = [pair_diffs(rows[~rows.arith], rows[rows.arith]) for _, rows in tr.groupby(keys, sort=False)]
     blocks = tr.groupby(keys, sort=False).ngroups
     if blocks > 1:
         c.row += f" (mean over the {blocks} Table 1 blocks per (dataset, seed))"
     d = pd.concat([x for x in per_block if len(x)], axis=1).mean(axis=1) if any(len(x) for x in per_block) else None
-    return directional(c, d, "no pair of M_0^B and task-arithmetic results in tables/transfer.csv")
+    return directional(c, d, f"no pair of M_0^B and task-arithmetic results in {TRANSFER_TABLE}")
 
 
 def ablations(ctx: Ctx) -> list[Claim]:
@@ -259,9 +265,9 @@ def insensitivity(ctx: Ctx, kind: str) -> Claim:
 def other_methods(ctx: Ctx) -> list[Claim]:
     low, high = degrees(ctx)
     out = []
-    for name, label, section in (("evit", "EViT", "Sec. 5.5, Fig. 7, Table 8"),
-                                 ("idle", "IdleViT", "not in the paper; the same claim")):
-        c = Claim(f"8 ToCom improves {label} at {r_pair(low, high)} ({section})",
+    for name in (m for m in METHODS if m in ROLES):     # the other methods' roles are named after them
+        section = IN_THE_PAPER.get(name, "not in the paper; the same claim")
+        c = Claim(f"8 ToCom improves {ROLES[name]} at {r_pair(low, high)} ({section})",
                   f"+ ToCom − plain, {r_pair(low, high)}", "> 0")
         d = gain_diffs(ctx, name, low, high) if ctx.role(name) else None
         out.append(directional(c, d, where(ctx, name, f"plain and ToCom results at {r_pair(low, high)}")))
@@ -301,7 +307,7 @@ def display(rows: list[Claim]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def make(ctx: Ctx) -> list[Claim]:
+def make(ctx: Ctx, item: Item) -> None:
     low, high = degrees(ctx)
     main = claims(ctx)
     rows = [x for c in main for x in [c, *c.details]]
@@ -314,18 +320,17 @@ def make(ctx: Ctx) -> list[Claim]:
                "An insensitivity claim's row gives the variant with the largest absolute Δ and the smallest p of any "
                "variant. The verdict concerns the direction and significance of each effect, not the paper's "
                "magnitudes (those are in the items above and the tables).")
-    lines = [f"### {TITLE}", "", caption + " Rows marked ↳ are the variants behind it.", "",
+    lines = [f"### {item.title}", "", caption + " Rows marked ↳ are the variants behind it.", "",
              f"Verdicts — {VERDICT_RULES}", "",
              markdown_table(display(rows)), ""]
     absent = [c for c in main if c.verdict == ABSENT]
     lines += [f"- Claim {c.block}: not in this run: {c.reason}." for c in absent]
     lines += [""] if absent else []
-    write_text("\n".join(lines), ctx.out(STEM, ".md"))
-    write_text(latex(display(rows), f"{TITLE}. {caption} Verdicts: {VERDICT_RULES.replace('**', '')}"),
-               ctx.out(STEM, ".tex"))
-    write_csv(frame(rows), ctx.out(STEM, ".csv"))
-    return main
+    write_text("\n".join(lines), ctx.out(item.stem, ".md"))
+    write_text(latex(display(rows), f"{item.title}. {caption} Verdicts: {VERDICT_RULES.replace('**', '')}"),
+               ctx.out(item.stem, ".tex"))
+    write_csv(frame(rows), ctx.out(item.stem, ".csv"))
 
 
 if __name__ == "__main__":
-    make(Ctx.from_snakemake(snakemake))  # noqa: F821
+    run(snakemake)  # noqa: F821

@@ -1,24 +1,27 @@
-"""Fig. 3: training and inference throughput vs r (bench.csv), beside the analytic FLOPs ratio."""
-from common import Ctx, Stat, Table, new_figure, save_figure, stub
+"""Fig. 3: throughput vs r, measured for training and inference (bench.csv), beside the analytic FLOPs ratio."""
+from common.ctx import Ctx, run
+from common.figure import new_figure, save_figure
+from common.stats import Stat
+from common.table import Table, stub
+from items import Item
 
-STEM, TITLE = "fig3_throughput", "Fig. 3: training and inference throughput vs r"
 PAPER = {("infer", 2): "Sec. 5.2 text", ("infer", 12): "Table 2", ("infer", 16): "Sec. 5.2 text",
          ("train", 12): "Table 4", ("train", 16): "Table 4"}
 
 
-def make(ctx: Ctx) -> None:
+def make(ctx: Ctx, item: Item) -> None:
     b, role = ctx.throughput(), ctx.role("main")
     if not b.empty:
         mine = b[(b.backbone_key == role["backbone"]) & (b.method == role["method"])]
         b = mine if len(mine) else b
     if b.empty:
-        return stub(ctx, STEM, TITLE, "the config's `bench` section is empty", figure=True)
+        return stub(ctx, item, "the config's `bench` section is empty")
     bk, method, model = b.backbone_key.iloc[0], b.method.iloc[0], b.model.iloc[0]
     b = b[(b.backbone_key == bk) & (b.method == method)]
     first = b.iloc[0]
-    t = Table(ctx, STEM, TITLE, f"`{bk}` ({model}), {method}, on {first.device} with {first.threads} thread(s), "
-                                f"batch {first.batch_size}, median of {first.repeats} repeats (± std); speed-up = "
-                                "images/s over r = 0; FLOPs ratio = GFLOPs(0) / GFLOPs(r), analytic.", seeded=False)
+    t = Table(ctx, item, f"`{bk}` ({model}), {method}, on {first.device} with {first.threads} thread(s), "
+                         f"batch {first.batch_size}, median of {first.repeats} repeats (± std); speed-up = "
+                         "images/s over r = 0; FLOPs ratio = GFLOPs(0) / GFLOPs(r), analytic.", seeded=False)
     fig, axes = new_figure(2)
     for ax, mode in zip(axes, ("infer", "train")):
         rows = b[b["mode"] == mode].sort_values("r")
@@ -44,9 +47,9 @@ def make(ctx: Ctx) -> None:
         ax.set(title=f"{name} ({model}, {method})", xlabel="r", ylabel="images / s")
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-    save_figure(ctx, fig, STEM)
-    t.write(figure=STEM)
+    save_figure(ctx, fig, item.stem)
+    t.write()
 
 
 if __name__ == "__main__":
-    make(Ctx.from_snakemake(snakemake))  # noqa: F821
+    run(snakemake)  # noqa: F821

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import GROUPS, ROLE_TITLES, Ctx, stub, write_plain
-from tocom.settings import DistillSettings, FinetuneSettings   # torch-free: field names and defaults
+from common.ctx import GROUPS, Ctx, run
+from common.table import stub, write_plain
+from items import REFERENCES, ROLES, Item
+from tocom import layout
+from tocom.settings import DENSE_METHODS, DistillSettings, FinetuneSettings   # torch-free: names and defaults
 
 REPO = Path(__file__).resolve().parents[3]
-HPARAMS = REPO / "reference" / "paper_hparams.csv"
-PROTOCOL = REPO / "docs" / "protocol.md"
+HPARAMS = REPO / REFERENCES["paper_hparams"]
+PROTOCOL = REPO / REFERENCES["protocol"]
 
 PAPER_DEGREES = {"fig5_source": "0", "fig6_source": "16", "inference": "targets 16, 12; sources 0, 4",
                  "training": "sources 16, 12; targets 0, 4", "ablation": "0 → 16, 0 → 12, 16 → 0",
@@ -46,7 +49,7 @@ CODE_FIXED = ("Fixed in code rather than settings, so not rows here: AdamW, cosi
 DISTILL = "ToCom distillation"
 
 
-def degrees(d) -> str:
+def degrees_text(d) -> str:
     if isinstance(d, dict):
         return "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in d.items())
     if isinstance(d, list):
@@ -140,8 +143,8 @@ def groups_of(ctx: Ctx) -> tuple[list[dict], bool]:
     cfg, plugins, models = ctx.config, ctx.table("plugins"), ctx.table("models")
     from_results = True
     out = []
-    if len(plugins) and "method" in plugins:      # Table 11's tome_ffn plugins have their own recipe (not Table 13's)
-        plugins = plugins[plugins.method != "tome_ffn"]
+    if len(plugins) and "method" in plugins:      # Table 11's dense-prediction plugins: their own recipe
+        plugins = plugins[~plugins.method.isin(DENSE_METHODS)]
     pl = plugins[plugins.variant == "tocom"] if len(plugins) and (plugins.variant == "tocom").any() else plugins
     seg_only = {(cfg.get("segmentation") or {}).get("backbone")} - \
         {st["backbone"] for st in cfg.get("studies", [])} - {t["backbone"] for t in cfg.get("transfer", [])}
@@ -323,13 +326,17 @@ def search_table(ctx: Ctx) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def make(ctx: Ctx) -> None:
-    cfg, plugins, models, ev = ctx.config, ctx.table("plugins"), ctx.table("models"), ctx.table("eval")
-    scale = f"Generated from the `{ctx.name}` config (scale `{ctx.scale}`)."
+def generated(ctx: Ctx) -> str:
+    return f"Generated from the `{ctx.name}` config (scale `{ctx.scale}`)."
+
+
+def backbones(ctx: Ctx, item: Item) -> None:
+    """Table 12: each backbone, its roles, weights, ToCom loss, and the plugin's size from its header."""
+    cfg, plugins = ctx.config, ctx.table("plugins")
     roles = {}
     for role, spec in ctx.report.items():
-        if role in ROLE_TITLES and spec:
-            roles.setdefault(spec["backbone"], []).append(f"{ROLE_TITLES[role]} ({spec['method']})")
+        if role in ROLES and spec:
+            roles.setdefault(spec["backbone"], []).append(f"{ROLES[role]} ({spec['method']})")
     rows = []
     for key, bb in cfg["backbones"].items():
         pl = plugins[plugins.backbone_key == key].sort_values("variant", key=lambda v: v != "tocom") \
@@ -342,9 +349,13 @@ def make(ctx: Ctx) -> None:
                      "weights": weights, "ToCom loss": loss,
                      "width": pl.width.iloc[0] if len(pl) else None, "depth": pl.depth.iloc[0] if len(pl) else None,
                      "ToCom params (M)": f"{pl.params.iloc[0] / 1e6:.3f}" if len(pl) else None})
-    write_plain(ctx, "table12_backbones", "Table 12: backbones", f"{scale} Width, depth and plugin size are read "
-                "from the distilled plugins' safetensors headers.", pd.DataFrame(rows))
+    write_plain(ctx, item, f"{generated(ctx)} Width, depth and plugin size are read from the distilled plugins' "
+                "safetensors headers.", pd.DataFrame(rows))
 
+
+def hparams(ctx: Ctx, item: Item) -> None:
+    """Table 13: the settings that ran beside the paper's."""
+    cfg = ctx.config
     table, groups, from_results = hparams_table(ctx)
     ev_cfg = cfg.get("evaluate", {})
     scales = ev_cfg.get("scales", [])
@@ -363,28 +374,33 @@ def make(ctx: Ctx) -> None:
         f"{k}: " + ", ".join(f"{a} over {show(b)}" for a, b in s.items() if a != "source_r")
         + f" at source r = {s.get('source_r', 0)}" for k, s in searches.items()) + ".") if searches else \
         "No recipe searches a setting."
-    write_plain(ctx, "table13_hparams", "Table 13: hyper-parameters, ours beside the paper's",
-                f"{scale} {source} Paper: Table 13 and the Sec. 5.1 ToCom settings (reference/paper_hparams.csv), "
-                f"compared column by column ({compared}); `≠ paper` names the columns whose value differs "
-                "(`documented`: docs/protocol.md documents this very value and gives the reason). Base learning "
-                "rates are scaled by batch / 512 when `scale_lr` is on. Inference scales s: "
-                f"{', '.join(map(show, scales))}, written for a plugin trained at s = {show(grid_scale)} (a plugin trained at another s is evaluated on the grid × its "
-                f"s / {show(grid_scale)}), chosen on `{ev_cfg.get('select_split', 'val')}`. {search_note} "
+    write_plain(ctx, item, f"{generated(ctx)} {source} Paper: Table 13 and the Sec. 5.1 ToCom settings "
+                f"({REFERENCES['paper_hparams']}), compared column by column ({compared}); `≠ paper` names the "
+                f"columns whose value differs (`documented`: {REFERENCES['protocol']} documents this very value and "
+                "gives the reason). Base learning rates are scaled by batch / 512 when `scale_lr` is on. Inference "
+                f"scales s: {', '.join(map(show, scales))}, written for a plugin trained at s = {show(grid_scale)} (a "
+                f"plugin trained at another s is evaluated on the grid × its s / {show(grid_scale)}), chosen on "
+                f"`{ev_cfg.get('select_split', 'val')}`. {search_note} "
                 f"Seeds: {', '.join(map(str, ctx.seeds()))}; plugin variants (overrides of the distillation "
                 f"column): {overrides or 'none'}. {CODE_FIXED} The paper's distillation cost (1.8 h on 8 V100s) is "
                 "compared with ours in the claims item.", table)
 
-    search = search_table(ctx)
-    title = "Table 13 (searches): hyper-parameters chosen on held-out data"
-    if search.empty:
-        stub(ctx, "table13_search", title, "no recipe of this run searches a setting (`search` in `recipes`)")
-    else:
-        write_plain(ctx, "table13_search", title,
-                    f"{scale} The appendix's searches as they ran (tables/search.csv): each candidate fine-tuned on "
-                    "`train` at the search's source r and scored plain on the held-out split; the best (ties: the "
-                    "earlier in grid order) is applied to every model of that backbone and dataset. One search at "
-                    "source r = 0 serves every compression method (filed under none).", search)
 
+def searches(ctx: Ctx, item: Item) -> None:
+    """Table 13 (searches): each search of this run, its grid and the value chosen on val."""
+    search = search_table(ctx)
+    if search.empty:
+        return stub(ctx, item, "no recipe of this run searches a setting (`search` in `recipes`)")
+    write_plain(ctx, item, f"{generated(ctx)} The appendix's searches as they ran "
+                f"({layout.TABLE.format(table='search')}): each candidate fine-tuned on `train` at the search's "
+                "source r and scored plain on the held-out split; the best (ties: the earlier in grid order) is "
+                "applied to every model of that backbone and dataset. One search at source r = 0 serves every "
+                "compression method (filed under none).", search)
+
+
+def datasets(ctx: Ctx, item: Item) -> None:
+    """Table 14: each dataset, its roles, recipe, classes and sizes."""
+    cfg, models, ev = ctx.config, ctx.table("models"), ctx.table("eval")
     role_of = {d: ["CIFAR-100/FGVC role"] for d in ctx.report["cifar_fgvc"]}
     for g, ds in ctx.vtab().items():
         for d in ds:
@@ -406,15 +422,17 @@ def make(ctx: Ctx) -> None:
                      "classes": m.num_classes.iloc[0] if len(m) else None,
                      "train samples": limit or f"all ({split})",
                      "val evaluated": n.get("val"), "test evaluated": n.get("test")})
-    write_plain(ctx, "table14_datasets", "Table 14: datasets", f"{scale} Classes from the fine-tuned models' "
-                "headers; evaluated sample counts from eval.csv.", pd.DataFrame(rows))
+    write_plain(ctx, item, f"{generated(ctx)} Classes from the fine-tuned models' headers; evaluated sample counts "
+                "from eval.csv.", pd.DataFrame(rows))
 
-    rows = [{"setting": k, "used by": USES[k], "paper": PAPER_DEGREES[k], "this run": degrees(v)}
+
+def degrees(ctx: Ctx, item: Item) -> None:
+    """How this run maps the paper's compression degrees onto its own ladder."""
+    rows = [{"setting": k, "used by": USES[k], "paper": PAPER_DEGREES[k], "this run": degrees_text(v)}
             for k, v in ctx.report["degrees"].items()]
-    write_plain(ctx, "setup_degrees", "Compression degrees: paper vs this run",
-                f"{scale} How this run maps the paper's r settings onto its own ladder (config `report.degrees`).",
-                pd.DataFrame(rows))
+    write_plain(ctx, item, f"{generated(ctx)} How this run maps the paper's r settings onto its own ladder (config "
+                "`report.degrees`).", pd.DataFrame(rows))
 
 
 if __name__ == "__main__":
-    make(Ctx.from_snakemake(snakemake))  # noqa: F821
+    run(snakemake)  # noqa: F821

@@ -2,11 +2,11 @@
 FFN and unmerged after it; source r = 0, targets r = 256 / 384 / 512 inferred from the GFLOPs). Single-scale test
 mIoU and analytic GFLOPs at each target, plain and + ToCom (s chosen on val), the Δ of ToCom, from tables/segment.csv;
 under scale `paper` the paper's values beside ours."""
-import pandas as pd
-
-from common import Ctx, Stat, Table, stat, stub
-
-STEM, TITLE = "table11_segmentation", "Table 11: ToCom on semantic segmentation (Segmenter, tokens merged before each FFN)"
+from common.ctx import Ctx, run
+from common.stats import Stat, stat
+from common.table import Table, stub
+from items import Item
+from tocom import layout
 
 
 def paper(ctx: Ctx, target: int, tocom: int, metric: str) -> float | None:
@@ -17,22 +17,22 @@ def paper(ctx: Ctx, target: int, tocom: int, metric: str) -> float | None:
     return float(rows.value.iloc[0]) if len(rows) else None
 
 
-def make(ctx: Ctx) -> None:
+def make(ctx: Ctx, item: Item) -> None:
     seg = ctx.config.get("segmentation")
     if not seg:
-        return stub(ctx, STEM, TITLE, "the config has no `segmentation` section")
+        return stub(ctx, item, "the config has no `segmentation` section")
     df = ctx.table("segment")
     if df.empty:
-        return stub(ctx, STEM, TITLE, "tables/segment.csv holds no rows")
+        return stub(ctx, item, f"{layout.TABLE.format(table='segment')} holds no rows")
     df["variant"] = df["variant"].fillna("")
     df["selected"] = df["selected"].astype(str).str.lower().eq("true")
     variants = list(seg.get("variants", []))
     variant = "tocom" if "tocom" in variants else (variants[0] if variants else None)
     test = df[(df.split == "test") & (df.dataset == seg["dataset"])]
     bb = ctx.config["backbones"][seg["backbone"]]["timm"]
-    t = Table(ctx, STEM, TITLE, f"Segmenter on `{bb}` ({seg['backbone']}), {seg['dataset']}: single-scale test "
-                                f"mIoU (%) and GFLOPs per image; + ToCom: plugin `{variant}` merged into W_q/W_v at the "
-                                "s chosen on val (same cost).")
+    t = Table(ctx, item, f"Segmenter on `{bb}` ({seg['backbone']}), {seg['dataset']}: single-scale test mIoU (%) "
+                         f"and GFLOPs per image; + ToCom: plugin `{variant}` merged into W_q/W_v at the s chosen on "
+                         "val (same cost).")
     gd = 1 if ctx.scale == "paper" else 3       # the tiny backbones' GFLOPs are ~0.1
     for source in sorted(int(s) for s in seg["sources"]):
         block = f"source r = {source}"
@@ -54,11 +54,11 @@ def make(ctx: Ctx) -> None:
             t.put(block, f"target r = {target} Δ", "mIoU", stat(both.miou_c - both.miou),
                   p1 - p0 if p0 is not None and p1 is not None else None, signed=True)
     if not t.has_data():
-        return stub(ctx, STEM, TITLE, "no test rows at the configured degrees in tables/segment.csv")
+        return stub(ctx, item, f"no test rows at the configured degrees in {layout.TABLE.format(table='segment')}")
     t.notes.append("Paper's degrees inferred from its GFLOPs (reference/paper_results.csv); its encoder is the "
                    "distilled DeiT-B/16-384 at 512 × 512 (1,024 patch tokens), r up to 512.")
     t.write()
 
 
 if __name__ == "__main__":
-    make(Ctx.from_snakemake(snakemake))  # noqa: F821
+    run(snakemake)  # noqa: F821

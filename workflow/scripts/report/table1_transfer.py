@@ -1,16 +1,16 @@
 """Table 1: is the gap between source degrees transferable across tasks? M_0^B against the task-arithmetic
 model M_high^A − M_0^A + M_0^B, both evaluated on D_B at the target r (transfer.csv)."""
-from common import Ctx, Table, gain_of, mean_of, paper_dataset, stub
+from common.ctx import Ctx, paper_dataset, run
+from common.stats import gain_of, mean_of
+from common.table import Table, stub
+from items import Item
 
-STEM, TITLE = "table1_transfer", "Table 1: task-arithmetic transfer of the source-degree gap"
 
-
-def make(ctx: Ctx) -> None:
-    tr = ctx.table("transfer")
+def make(ctx: Ctx, item: Item) -> None:
+    tr = ctx.transfer()
     if tr.empty:
-        return stub(ctx, STEM, TITLE, "the config's `transfer` section is empty")
-    tr = tr.assign(arith=tr.model != "M0_B")
-    t = Table(ctx, STEM, TITLE, "Test top-1 (%) on D_B at the target r; Δ = task arithmetic − M_0^B.")
+        return stub(ctx, item, "the config's `transfer` section is empty")
+    t = Table(ctx, item, "Test top-1 (%) on D_B at the target r; Δ = task arithmetic − M_0^B.")
     keys = ["backbone_key", "method", "a", "high_r", "target_r"]
     for (bk, method, a, high, target), rows in tr.groupby(keys, sort=False):
         block = f"`{bk}`/{method}, D_A = {a}, target r = {target}"
@@ -25,4 +25,4 @@ def make(ctx: Ctx) -> None:
 
 
 if __name__ == "__main__":
-    make(Ctx.from_snakemake(snakemake))  # noqa: F821
+    run(snakemake)  # noqa: F821

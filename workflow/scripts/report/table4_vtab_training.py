@@ -1,14 +1,15 @@
 """Table 4: VTAB-1k group means for models fine-tuned at a high source r (paper: 16, 12) evaluated at lower
 targets (paper: 0, 4), plain and with ToCom, and target = source as reference."""
-from common import GROUPS, Ctx, Table, group_notes, stub, vtab_row
+from common.builders import group_notes, vtab_row
+from common.ctx import GROUPS, Ctx, run
+from common.table import Table, stub
+from items import Item
 
-STEM, TITLE = "table4_vtab_training", "Table 4: VTAB-1k, target r below source r (training-time acceleration)"
 
-
-def make(ctx: Ctx) -> None:
+def make(ctx: Ctx, item: Item) -> None:
     deg = ctx.report["degrees"]["training"]
-    t = Table(ctx, STEM, TITLE, f"Role {ctx.role_label('main')}; VTAB-1k group means of test top-1 (%); Δ = gain of "
-                                "ToCom over the same model without it.")
+    t = Table(ctx, item, f"Role {ctx.role_label('main')}; VTAB-1k group means of test top-1 (%); Δ = gain of "
+                         "ToCom over the same model without it.")
     for s in deg["sources"]:
         block = f"source r = {s}" + ctx.speed_note(s, "train", "Table 4")
         for target in deg["targets"]:
@@ -17,9 +18,9 @@ def make(ctx: Ctx) -> None:
         vtab_row(ctx, t, "main", block, f"target r = {s}", s, s, False, GROUPS, paper_source="Table 4")
     t.notes += group_notes(ctx, "main")
     if not t.has_data():
-        return stub(ctx, STEM, TITLE, "no VTAB-1k-role evaluation of the main role at these degrees")
+        return stub(ctx, item, "no VTAB-1k-role evaluation of the main role at these degrees")
     t.write()
 
 
 if __name__ == "__main__":
-    make(Ctx.from_snakemake(snakemake))  # noqa: F821
+    run(snakemake)  # noqa: F821

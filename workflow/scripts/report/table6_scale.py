@@ -3,9 +3,12 @@ ablation settings. s at inference is still chosen on val, from the Sec. 5.1 grid
 training s / `evaluate.grid_scale` (the evaluator reads the training s from the plugin's header), so the
 s = 1 plugin is searched over 0.1-1.5 rather than over 1 % - 15 % of what it learned; the `chosen s` columns
 show the (scaled) values picked, averaged over tasks."""
-from common import Ctx, ablation_table, mean_of, r_pair, select, show_number, stub, variant_settings
-
-STEM, TITLE = "table6_scale", "Table 6: training scale s of ToCom"
+from common.builders import ablation_table, variant_settings
+from common.ctx import Ctx, run, select
+from common.fmt import r_pair, show_number
+from common.stats import mean_of
+from common.table import stub
+from items import Item
 
 
 def train_scale(ctx: Ctx, variant: str) -> float:
@@ -27,7 +30,7 @@ def chosen_s(ctx: Ctx, source, target, variant, tasks):
     return rows[["dataset", "seed", "s"]].rename(columns={"s": "top1"})
 
 
-def make(ctx: Ctx) -> None:
+def make(ctx: Ctx, item: Item) -> None:
     ev_cfg = ctx.config.get("evaluate", {})
     grid, grid_scale = list(ev_cfg.get("scales", [])), float(ev_cfg.get("grid_scale", 0.1))
     ours = ctx.plugin("main")
@@ -44,9 +47,9 @@ def make(ctx: Ctx) -> None:
                f"scaled by its own training s / {grid_scale:g} (the grid's reference), so its inference s is chosen "
                f"on val from {'; '.join(g for _, g in grids) or 'the grid'}; `chosen s` is the mean over tasks of "
                "the (scaled) s picked.")
-    t = ablation_table(ctx, STEM, TITLE, caption, variants, "Table 6")
+    t = ablation_table(ctx, item, caption, variants, "Table 6")
     if not t.has_data():
-        return stub(ctx, STEM, TITLE, "no VTAB-1k-role evaluation of the main role at the ablation settings")
+        return stub(ctx, item, "no VTAB-1k-role evaluation of the main role at the ablation settings")
     ev, tasks = ctx.evals("main"), ctx.vtab_all()
     need = [d for d in tasks if d in set(ev.dataset)]
     for source, target in (tuple(p) for p in ctx.report["degrees"]["ablation"]):
@@ -58,4 +61,4 @@ def make(ctx: Ctx) -> None:
 
 
 if __name__ == "__main__":
-    make(Ctx.from_snakemake(snakemake))  # noqa: F821
+    run(snakemake)  # noqa: F821
