@@ -1,4 +1,4 @@
-"""Write the README's "What the CPU default shows" block from a finished run; the block is generated,
+"""Write docs/results.md's "What the CPU default shows" block from a finished run; the block is generated,
 never edited by hand.
 
     python workflow/scripts/readme_results.py results/cpu --config config/cpu.yaml --wall "74 min" \
@@ -8,8 +8,8 @@ Reads the run's tables/eval.csv (test top-1 per dataset, seed, source r, target 
 the s chosen on val), tables/runtime.csv (Snakemake's benchmark files: time per job), Snakemake's log
 (when each job started and finished: jobs run side by side, so a stage's wall-clock is its span on the
 run's timeline, not the sum of its jobs) and the report's verdicts item (items.VERDICTS), and replaces the
-text between the README's `<!-- cpu-results` markers. The block records the sha256 of the config the run used:
-tests/test_workflow.py fails when the committed config no longer matches it, so the README always quotes a
+text between the `<!-- cpu-results` markers of docs/results.md. The block records the sha256 of the config the run
+used: tests/test_protocol.py fails when the committed config no longer matches it, so the page always quotes a
 run of the committed default.
 """
 from __future__ import annotations
@@ -134,7 +134,8 @@ def main() -> None:
     ap.add_argument("--config", type=Path, required=True, help="the config the run used")
     ap.add_argument("--wall", required=True, help="measured wall-clock of the whole run, e.g. '74 min'")
     ap.add_argument("--log", type=Path, help="the run's Snakemake log (.snakemake/log/*.snakemake.log)")
-    ap.add_argument("--readme", type=Path, default=Path(__file__).resolve().parents[2] / "README.md")
+    ap.add_argument("--readme", type=Path, default=Path(__file__).resolve().parents[2] / "docs" / "results.md",
+                    help="the page holding the block (default: docs/results.md)")
     args = ap.parse_args()
     text = args.readme.read_text()
     i, j = text.find(START), text.find(END)
