@@ -542,12 +542,8 @@ class Grid:
         path = layout.path(layout.TRANSFER, **fields)
         return next(t for t in self.transfers if t.path == path)
 
-    @staticmethod
-    def plugin_path(backbone: str, method: str, variant: str) -> str:
-        return layout.path(layout.PLUGIN, backbone=backbone, method=method, variant=variant)
-
     def final_outputs(self) -> list[str]:
-        outs = [self.plugin_path(*p) for p in sorted(self.plugins)]
+        outs = [layout.path(layout.PLUGIN, backbone=b, method=m, variant=v) for b, m, v in sorted(self.plugins)]
         outs += sorted(self.evals)
         outs += [t.path for t in self.transfers]
         outs += [b.path for b in self.benches]

@@ -63,20 +63,13 @@ def param(name, default=None):
     return named(sm.params, name, default)
 
 
-LOG = (getattr(sm, "log", None) or [None])[0]     # what was written, or why it stopped
-if LOG:
-    Path(LOG).write_text("")
-
-
-def note(line: str) -> None:
-    if LOG:
-        with open(LOG, "a") as f:
-            f.write(line + "\n")
+LOG = (getattr(sm, "log", None) or [None])[0]     # the tables written, or why it stopped (tests pass no log)
 
 
 def fail(path, why: str):
     message = f"aggregate: {path}: {why}; re-run the step that wrote it (delete the file and rerun the workflow)"
-    note(message)
+    if LOG:
+        write_text(message + "\n", LOG)
     sys.exit(message)
 
 
@@ -254,7 +247,6 @@ outputs = [(evals, "evals"), (transfers, "transfers"), (benches, "benches"), (pl
 for df, name in outputs:
     if named(sm.output, name):
         write_csv(df, named(sm.output, name))
-        note(f"{named(sm.output, name)}: {len(df)} rows")
 
 lines = [f"# Summary: `{sm.params.name}` run (scale: {sm.params.scale})", ""]
 if sm.params.scale != "paper":
@@ -290,4 +282,6 @@ if len(runtime):
     per_rule["jobs"] = per_rule.jobs.astype(str)
     lines += ["## Wall-clock per rule (Snakemake benchmark files)", "", per_rule.to_markdown(floatfmt=".3f"), ""]
 write_text("\n".join(lines) + "\n", sm.output.summary)
-note(f"{sm.output.summary}: the summary")
+if LOG:
+    write_text("".join(f"{named(sm.output, name)}: {len(df)} rows\n" for df, name in outputs
+                       if named(sm.output, name)) + f"{sm.output.summary}: the summary\n", LOG)
