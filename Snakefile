@@ -1,5 +1,6 @@
 # ToCom reproducibility pipeline. Stages live in workflow/rules/, one file each; the grid and
-# every check live in the tocom package (tocom/experiments.py). Default config: the CPU run.
+# every check live in the tocom package (tocom/experiments.py), every output path in its run layout
+# (tocom/layout.py). Default config: the CPU run.
 #   snakemake --cores all                                   # embedded CPU default
 #   snakemake --cores all --configfile config/smoke.yaml    # CI smoke subset
 #   snakemake --profile slurm --configfile config/paper.yaml

@@ -234,6 +234,87 @@ def test_smoke_dag_dry_run_counts(tmp_path):
     assert (counts["pretrain_backbone"], counts["distill"], counts["transfer"]) == (2, 14, 1)
     assert "results/smoke/finetune/tiny/none/synth__texture/r0_seed0.safetensors" in res.stdout
     assert "finetune/tiny/evit/synth__texture/r0" not in res.stdout
+    # every job has a log under the run's logs/ (report.smk's items excepted until they have theirs)
+    report_rules = set(re.findall(r"^rule (\w+):", (REPO / "workflow/rules/report.smk").read_text(), re.M))
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)*)", res.stdout, re.M)
+    assert len(jobs) == sum(counts.values()) - counts["total"]
+    unlogged = {name for name, body in jobs if "    log: results/smoke/logs/" not in body}
+    assert unlogged <= report_rules | {"all"}, unlogged - report_rules
+
+
+# ---- the run layout and the plugin variants ----------------------------------------------------------
+LAYOUT_VALUES = dict(backbone="deit_b", method="tome_ffn", variant="s0.01", dataset="vtab/cifar", source=16, seed=2,
+                     candidate="adapter_scale0.1", a="vtab/dtd", b="cub200", high=12, mode="plugin", task="count",
+                     split_file="test.txt", table="eval", stage="bench", job="deit_b_tome_infer", item="table1",
+                     ext=".md")
+
+
+def test_layout_parses_back_what_it_fills_in():
+    """Every template of the run layout: a filled-in path (under any run folder) parses back to the same
+    fields, integers as integers and dataset names with their "/"; a path of another shape does not parse."""
+    from tocom import layout
+
+    templates = {k: v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str) and "{" in v}
+    assert {"EVAL", "TRANSFER", "BENCH", "PLUGIN", "FINETUNE", "SELECT", "CHOSEN", "LOG", "BENCHMARK"} <= set(templates)
+    for name, template in templates.items():
+        fields = {f: LAYOUT_VALUES[f] for f in layout.fields_of(template)}
+        path = layout.path(template, **fields)
+        assert "{" not in path and "vtab/" not in path, (name, path)
+        assert layout.parse(template, f"results/paper/{path}") == fields, name
+    assert layout.path(layout.TRANSFER, **{k: LAYOUT_VALUES[k] for k in ("backbone", "method", "a", "b", "high",
+                                                                          "seed")}) == \
+        "transfer/deit_b/tome_ffn/vtab__dtd_to_cub200_r12_seed2.csv"
+    for template, wrong in ((layout.EVAL, "eval/deit_b/tome/cifar100/seed0.csv"),           # no source r
+                            (layout.EVAL, "eval/deit_b/merge/cifar100/r0_seed0.csv"),       # not a method
+                            (layout.BENCH, "bench/deit_b/tome.csv"),
+                            (layout.FINETUNE, "select/deit_b/tome/cifar100/r0_seed0.safetensors")):
+        with pytest.raises(ValueError, match="is not laid out as"):
+            layout.parse(template, wrong)
+    with pytest.raises(KeyError, match="seed"):
+        layout.path(layout.EVAL, backbone="b", method="tome", dataset="d", source=0)
+
+
+def test_layout_names_jobs_after_their_outputs():
+    """A job's log and benchmark are named after its output (the rules' `log:`/`benchmark:` patterns); unfilled
+    fields stay Snakemake wildcards; the method wildcard takes exactly the methods of tocom.settings."""
+    from tocom import layout
+    from tocom.settings import DENSE_METHODS, METHODS, UNCOMPRESSED
+
+    assert layout.log("finetune", layout.FINETUNE) == "logs/finetune/{backbone}_{method}_{dataset}_r{source}_seed{seed}.log"
+    assert layout.log("finetune", layout.FINETUNE, backbone="tiny", method=UNCOMPRESSED, dataset="synth/count",
+                      source=0, seed=0) == MINI_FT_LOG
+    assert layout.benchmark("search", layout.SEARCH, candidate="select") == \
+        "benchmarks/search/{backbone}_{method}_{dataset}_seed{seed}_select.tsv"
+    assert layout.pattern(layout.EVAL, "results/x", method="evit") == \
+        "results/x/eval/{backbone}/evit/{dataset}/r{source}_seed{seed}.csv"
+    method = re.compile(layout.WILDCARDS["method"])
+    assert all(method.fullmatch(m) for m in (*METHODS, *DENSE_METHODS, UNCOMPRESSED))
+    assert not any(method.fullmatch(m) for m in ("tome_", "tomeevit", "dense", ""))
+
+
+def test_paper_variants_follow_the_main_plugin_and_a_config_adds_or_replaces_them():
+    """Tables 5-7's plugins are defined once, relative to the config's `distill` (shared: the same budget,
+    R = r_max / r_step pairs x rank h); the config's `variants` adds plugins or replaces one of them."""
+    from tocom.errors import TocomError
+    from tocom.experiments import Grid, resolve_variants
+
+    config = smoke_config()
+    variants = resolve_variants(config)
+    assert list(variants)[:9] == ["tocom", "shared", "cls", "no_inversion", "h1", "h4", "h8", "s1", "s0.01"]
+    assert variants["shared"] == {"variant": "shared", "rank": 4 * 2} and variants["kd"] == {"loss": "kd"}
+    assert (variants["s0.01"], variants["h8"]) == ({"scale": 0.01}, {"rank": 8})
+    config["distill"].update(rank=3, r_step=2)
+    config["variants"]["h4"] = {"rank": 5, "scale": 0.5}
+    grid = Grid(config, check_files=False, check_geometry=False)
+    _, shared = grid.distill_settings("tiny", "shared")
+    assert (shared.variant, shared.rank, shared.r_step) == ("shared", 4 // 2 * 3, 2)
+    _, h4 = grid.distill_settings("tiny", "h4")
+    assert (h4.rank, h4.scale) == (5, 0.5)
+    _, cls = grid.distill_settings("tiny2", "cls")      # the backbone's own overrides stay beneath the variant's
+    assert (cls.loss, cls.rank) == ("cls", 3)
+    config["studies"][0]["sets"][0]["variants"] = ["h16"]
+    with pytest.raises(TocomError, match="variant 'h16' is not defined under `variants`"):
+        Grid(config, check_files=False, check_geometry=False)
 
 
 # ---- the smoke pipeline ---------------------------------------------------------------------------
@@ -291,6 +372,8 @@ def check_smoke_results(results: Path) -> None:
     seg = pd.read_csv(tables / "segment.csv")
     assert set(seg.target_r) == {0, 8, 16, 24} and set(seg[seg.tocom == 1].variant) == {"seg"}
     assert seg.miou.between(0, 100).all() and (seg.method == "tome_ffn").all()
+    for step in ("aggregate", "aggregate_segment"):       # the steps that run once write their logs too
+        assert "rows" in (results / "logs" / f"{step}.log").read_text(), step
     assert set(seg[(seg.tocom == 1) & seg.selected.astype(str).str.lower().eq("true")].split) == {"val", "test"}
     seg_cells = pd.read_csv(report / "table11_segmentation.csv")
     seg_cells = seg_cells[(seg_cells.kind == "cell") & (seg_cells.n_seeds > 0)]

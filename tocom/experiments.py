@@ -6,7 +6,8 @@ Everything a run could trip over later (an unknown dataset or backbone, an r the
 carry, a plugin too small for the degrees it must bridge, a missing data root or checkpoint) is
 found here, before any job starts, and reported as one `TocomError` line.
 
-Paths are relative to the run's results folder, results/<config name>/.
+Where each run's output lives is the run layout's (tocom/layout.py); paths are relative to the run's
+folder, results/<config name>/.
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from . import layout
 from .errors import TocomError
-from .settings import (UNCOMPRESSED, BenchSettings, DistillSettings, EvalSettings, FinetuneSettings,
+from .layout import GENERATED_FAMILY
+from .settings import (DENSE_METHODS, UNCOMPRESSED, BenchSettings, DistillSettings, EvalSettings, FinetuneSettings,
                        PretrainSettings, SearchSettings, SegmentSettings, TaskSettings, splits_overlap)
 
 
@@ -30,15 +33,6 @@ def validate_config(config: dict, schema_path: str | Path) -> None:
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "top level"
         raise TocomError(f"{where}: {error.message}")
-
-
-def dataset_key(name: str) -> str:
-    """File-name form of a dataset name: vtab/cifar -> vtab__cifar."""
-    return name.replace("/", "__")
-
-
-def dataset_name(key: str) -> str:
-    return key.replace("__", "/")
 
 
 def is_generated(dataset: str) -> bool:
@@ -76,46 +70,65 @@ def backbone_patch_size(timm_name: str) -> int:
     return int(model.patch_embed.patch_size[0])
 
 
-# Output layout; the workflow's rules use the same templates as output patterns ({dataset}, {a}, {b}:
-# dataset keys, see dataset_key). A fine-tune at source r = 0 compresses nothing, so one model serves
-# every method: it is filed under method UNCOMPRESSED ("none"), as are the searches it applies; its
-# evaluations keep the method they evaluate (eval/<backbone>/<method>/...).
-FINETUNE = "finetune/{backbone}/{method}/{dataset}/r{source}_seed{seed}.safetensors"
-SELECT = "select/{backbone}/{method}/{dataset}/r{source}_seed{seed}.safetensors"
-SEARCH = "search/{backbone}/{method}/{dataset}/seed{seed}/{candidate}.safetensors"
-CHOSEN = "search/{backbone}/{method}/{dataset}/seed{seed}/chosen.json"
-EVAL = "eval/{backbone}/{method}/{dataset}/r{source}_seed{seed}.csv"
-TRANSFER = "transfer/{backbone}/{method}/{a}_to_{b}_r{high}_seed{seed}.csv"
-ROLES = {"final": FINETUNE, "select": SELECT}
-SEGMENT = "segment/{backbone}/{dataset}/r{source}_seed{seed}.safetensors"
-SEGMENT_EVAL = "segment_eval/{backbone}/{dataset}/r{source}_seed{seed}.csv"
-TASKS_DIR = "tasks"              # generated tasks: results/<name>/tasks/<task>/ (VTAB-1k layout)
-GENERATED_FAMILY = "fmnist_vtab"  # = fmnist_tasks.FAMILY, restated so the workflow need not import the data stack
-SEGMENT_METHOD = "tome_ffn"     # the plugins of Table 11 are distilled with tokens merged before each FFN
+SEGMENT_METHOD = DENSE_METHODS[0]   # the plugins of Table 11 are distilled with tokens merged before each FFN
+
+
+def paper_variants(main: DistillSettings) -> dict[str, dict]:
+    """The plugins of Tables 5-7 as overrides of the main plugin's settings `main` (the config's `distill`);
+    a config's `variants` section adds plugins or replaces these (`resolve_variants`)."""
+    return {
+        "tocom": {},                                            # the main plugin
+        # Table 5: one LoRA for every pair, the same parameter budget (R pairs x rank h)
+        "shared": {"variant": "shared", "rank": main.r_max // main.r_step * main.rank},
+        "cls": {"loss": "cls"},                                 # Table 5: cross-entropy on labels instead of KD
+        "no_inversion": {"variant": "no_inversion"},            # Table 5: separate groups up and down
+        **{f"h{h}": {"rank": h} for h in (1, 4, 8)},            # Table 7: LoRA rank
+        **{f"s{s:g}": {"scale": s} for s in (1.0, 0.01)},       # Table 6: training scale
+    }
+
+
+def resolve_variants(config: dict) -> dict[str, dict]:
+    """Every plugin variant of a config as overrides of its `distill`: the paper's (`paper_variants`,
+    relative to the config's main plugin), then the config's `variants` section (more plugins; an entry
+    named like one of the paper's replaces it)."""
+    main = {k: v for k, v in config["distill"].items() if k != "dataset"}
+    return {**paper_variants(DistillSettings.from_mapping(main, "distill")), **(config.get("variants") or {})}
+
+
+class _Laid:
+    """A run whose output lives at `template` filled with `fields` (tocom/layout.py)."""
+    template = ""
+
+    @property
+    def fields(self) -> dict:
+        return {f: getattr(self, f) for f in layout.fields_of(self.template)}
+
+    @property
+    def path(self) -> str:
+        return layout.path(self.template, **self.fields)
+
+    @property
+    def job(self) -> str:
+        """Its name in the log and benchmark files."""
+        return layout.job(self.template, **self.fields)
 
 
 @dataclass(frozen=True)
-class SegmentRun:
+class SegmentRun(_Laid):
     """One Segmenter fine-tuned at a source degree (tome_ffn), evaluated at every target (Table 11)."""
     backbone: str
     dataset: str
     source: int
     seed: int
-
-    def _fields(self) -> dict:
-        return dict(backbone=self.backbone, dataset=dataset_key(self.dataset), source=self.source, seed=self.seed)
-
-    @property
-    def path(self) -> str:
-        return SEGMENT.format(**self._fields())
+    template = layout.SEGMENT
 
     @property
     def eval_path(self) -> str:
-        return SEGMENT_EVAL.format(**self._fields())
+        return layout.path(layout.SEGMENT_EVAL, **self.fields)
 
 
 @dataclass(frozen=True)
-class FinetuneRun:
+class FinetuneRun(_Laid):
     """One fine-tune. role "final": the model that is evaluated; "select": its companion trained on
     `train` at the same source r, which chooses s on `val` when the final model trained on val too.
     `method` is the compression active while training: UNCOMPRESSED for the source r = 0 model that
@@ -128,17 +141,13 @@ class FinetuneRun:
     recipe: str
     role: str = "final"
 
-    def _fields(self) -> dict:
-        return dict(backbone=self.backbone, method=self.method, dataset=dataset_key(self.dataset),
-                    source=self.source, seed=self.seed)
-
     @property
-    def path(self) -> str:
-        return ROLES[self.role].format(**self._fields())
+    def template(self) -> str:
+        return layout.ROLES[self.role]
 
 
 @dataclass(frozen=True)
-class SearchRun:
+class SearchRun(_Laid):
     """One candidate of a hyper-parameter search: trained on `train` and scored on `val`."""
     backbone: str
     method: str
@@ -147,6 +156,7 @@ class SearchRun:
     recipe: str
     source: int
     overrides: tuple
+    template = layout.SEARCH
 
     @property
     def candidate(self) -> str:
@@ -155,18 +165,12 @@ class SearchRun:
         return candidate_label(dict(self.overrides))
 
     @property
-    def path(self) -> str:
-        return SEARCH.format(backbone=self.backbone, method=self.method, dataset=dataset_key(self.dataset),
-                             seed=self.seed, candidate=self.candidate)
-
-    @property
     def chosen_path(self) -> str:
-        return CHOSEN.format(backbone=self.backbone, method=self.method, dataset=dataset_key(self.dataset),
-                             seed=self.seed)
+        return layout.path(layout.CHOSEN, **self.fields)
 
 
 @dataclass
-class EvalRun:
+class EvalRun(_Laid):
     """One fine-tuned model evaluated under `method` (the fine-tune's own, or any method for a model
     fine-tuned at source r = 0)."""
     finetune: FinetuneRun
@@ -174,16 +178,15 @@ class EvalRun:
     targets: set[int] = field(default_factory=set)
     variants: set[str] = field(default_factory=set)
     selector: FinetuneRun | None = None
+    template = layout.EVAL
 
     @property
-    def path(self) -> str:
-        ft = self.finetune
-        return EVAL.format(backbone=ft.backbone, method=self.method, dataset=dataset_key(ft.dataset),
-                           source=ft.source, seed=ft.seed)
+    def fields(self) -> dict:
+        return {**self.finetune.fields, "method": self.method}
 
 
 @dataclass(frozen=True)
-class TransferRun:
+class TransferRun(_Laid):
     backbone: str
     method: str
     a: str
@@ -192,30 +195,19 @@ class TransferRun:
     target_r: int
     seed: int
     models: tuple = field(default=(), compare=False)   # its FinetuneRuns: M_high^A, M_0^A, M_0^B
+    template = layout.TRANSFER
 
     @property
-    def path(self) -> str:
-        return TRANSFER.format(backbone=self.backbone, method=self.method, a=dataset_key(self.a),
-                               b=dataset_key(self.b), high=self.high_r, seed=self.seed)
+    def fields(self) -> dict:
+        return dict(backbone=self.backbone, method=self.method, a=self.a, b=self.b, high=self.high_r, seed=self.seed)
 
 
 @dataclass(frozen=True)
-class BenchRun:
+class BenchRun(_Laid):
     backbone: str
     method: str
     mode: str
-
-    @property
-    def path(self) -> str:
-        return f"bench/{self.backbone}/{self.method}_{self.mode}.csv"
-
-
-def plugin_path(backbone: str, method: str, variant: str) -> str:
-    return f"plugins/{backbone}/{method}/{variant}.safetensors"
-
-
-def backbone_path(backbone: str) -> str:
-    return f"backbones/{backbone}.safetensors"
+    template = layout.BENCH
 
 
 class Grid:
@@ -231,6 +223,7 @@ class Grid:
         self.seeds = list(config.get("seeds", [0]))
         self.backbones: dict = config["backbones"]
         self.eval_settings = EvalSettings.from_mapping(config.get("evaluate", {}), "evaluate")
+        self.variants = resolve_variants(config)
         self.recipes = {k: self._recipe(k, v) for k, v in config["recipes"].items()}
         self.finetunes: dict[str, FinetuneRun] = {}
         self.searches: dict[str, SearchRun] = {}
@@ -272,7 +265,7 @@ class Grid:
     def distill_settings(self, backbone: str, variant: str) -> tuple[str, DistillSettings]:
         """(pre-training dataset, settings) of a plugin: `distill`, the backbone's overrides, the variant's."""
         values = {**self.config["distill"], **self.backbones[backbone].get("distill", {}),
-                  **self.config["variants"][variant]}
+                  **self.variants[variant]}
         dataset = values.pop("dataset")
         return dataset, DistillSettings.from_mapping(values, f"distill ({backbone}, {variant})")
 
@@ -339,8 +332,9 @@ class Grid:
             for block in study["sets"]:
                 variants = list(block.get("variants", []))
                 for v in variants:
-                    if v not in self.config.get("variants", {}):
-                        raise TocomError(f"study {study['name']}: variant {v!r} is not defined under `variants`")
+                    if v not in self.variants:
+                        raise TocomError(f"study {study['name']}: variant {v!r} is not defined under `variants`; "
+                                         f"define it or use one of {', '.join(self.variants)}")
                     self.plugins.add((backbone, method, v))
                 self._check_degrees(backbone, [*block["sources"], *block["targets"]], f"study {study['name']}")
                 for dataset in block["datasets"]:
@@ -398,8 +392,9 @@ class Grid:
                 raise TocomError(f"segmentation: r {degrees[-1]} exceeds what {backbone} carries with tome_ffn at "
                                  f"{s.crop_size} px (max r = {half}, half of the patch tokens)")
         for v in seg.get("variants", []):
-            if v not in self.config.get("variants", {}):
-                raise TocomError(f"segmentation: variant {v!r} is not defined under `variants`")
+            if v not in self.variants:
+                raise TocomError(f"segmentation: variant {v!r} is not defined under `variants`; define it or use "
+                                 f"one of {', '.join(self.variants)}")
             _, ds = self.distill_settings(backbone, v)
             off = [r for r in degrees if r > ds.r_max or r % ds.r_step]
             if off:
@@ -412,7 +407,7 @@ class Grid:
                 self.segments[run.path] = run
 
     def segment_run(self, **fields) -> SegmentRun:
-        return self.segments[SEGMENT.format(**fields)]
+        return self.segments[layout.path(layout.SEGMENT, **fields)]
 
     # ---- checks --------------------------------------------------------------------------------
     def _backbone(self, key: str) -> dict:
@@ -499,7 +494,7 @@ class Grid:
     @property
     def generated_root(self) -> str:
         """Where the workflow writes the generated tasks (one folder per task), relative to the workdir."""
-        return f"results/{self.name}/{TASKS_DIR}"
+        return layout.pattern(layout.TASKS, layout.run_dir(self.name))
 
     def generated_datasets(self) -> list[str]:
         """The grid's datasets that the workflow generates itself (`tocom make-tasks`), unless a
@@ -527,10 +522,10 @@ class Grid:
 
     def finetune_run(self, role: str = "final", **fields) -> FinetuneRun:
         """The fine-tune whose path these fields (e.g. a rule's wildcards) fill in."""
-        return self.finetunes[ROLES[role].format(**fields)]
+        return self.finetunes[layout.path(layout.ROLES[role], **fields)]
 
     def search_run(self, **fields) -> SearchRun:
-        return self.searches[SEARCH.format(**fields)]
+        return self.searches[layout.path(layout.SEARCH, **fields)]
 
     def search_candidates(self, run: FinetuneRun) -> list[SearchRun]:
         return self._search_runs(run)
@@ -541,14 +536,14 @@ class Grid:
         return cands[0].chosen_path if cands else None
 
     def eval_run(self, **fields) -> EvalRun:
-        return self.evals[EVAL.format(**fields)]
+        return self.evals[layout.path(layout.EVAL, **fields)]
 
     def transfer_run(self, **fields) -> TransferRun:
-        path = TRANSFER.format(**fields)
+        path = layout.path(layout.TRANSFER, **fields)
         return next(t for t in self.transfers if t.path == path)
 
     def final_outputs(self) -> list[str]:
-        outs = [plugin_path(*p) for p in sorted(self.plugins)]
+        outs = [layout.path(layout.PLUGIN, backbone=b, method=m, variant=v) for b, m, v in sorted(self.plugins)]
         outs += sorted(self.evals)
         outs += [t.path for t in self.transfers]
         outs += [b.path for b in self.benches]

@@ -3,8 +3,9 @@
 Why one module: a path used to be spelled in the grid, again in each rule's `output:`, and parsed back
 by position in the aggregation script. Now each kind of output has one template below; the grid
 fills it (`path`), the workflow's rules use it as their output pattern (`pattern`: the same template
-with Snakemake's wildcard braces), and whoever reads results back recovers the fields from a path
-(`parse`). Changing where something lives is a change to one line here.
+with Snakemake's wildcard braces, `WILDCARDS` their constraints), a job's log and benchmark files are
+named after its output (`log`, `benchmark`), and whoever reads results back recovers the fields from a
+path (`parse`). Changing where something lives is a change to one line here.
 
 Paths are relative to the run's folder, `results/<config name>/` (`run_dir`); figures go to
 `figures/<config name>/` (`figure_dir`). Dataset names hold a "/" (vtab/cifar), so inside a path they
@@ -24,6 +25,7 @@ PLUGIN = "plugins/{backbone}/{method}/{variant}.safetensors"
 # evaluate.
 FINETUNE = "finetune/{backbone}/{method}/{dataset}/r{source}_seed{seed}.safetensors"
 SELECT = "select/{backbone}/{method}/{dataset}/r{source}_seed{seed}.safetensors"
+ROLES = {"final": FINETUNE, "select": SELECT}     # a fine-tune's role -> where it lives
 SEARCH = "search/{backbone}/{method}/{dataset}/seed{seed}/{candidate}.safetensors"
 SEARCH_SCORE = SEARCH + ".score.json"
 CHOSEN = "search/{backbone}/{method}/{dataset}/seed{seed}/chosen.json"
@@ -33,14 +35,24 @@ BENCH = "bench/{backbone}/{method}_{mode}.csv"
 SEGMENT = "segment/{backbone}/{dataset}/r{source}_seed{seed}.safetensors"
 SEGMENT_EVAL = "segment_eval/{backbone}/{dataset}/r{source}_seed{seed}.csv"
 TASKS = "tasks"                                   # generated tasks: one VTAB-1k folder per task below
-TASK = "tasks/{task}"
+TASK = TASKS + "/{task}"
+TASK_LIST = TASK + "/{split_file}"                # a task's split lists (VTAB_SPLIT_FILES)
 TABLE = "tables/{table}.csv"                      # the tidy tables the report reads
 SUMMARY = "tables/summary.md"
 REPORT_ITEM = "report/{item}{ext}"                # one file per report item and format (.md, .tex, .csv)
 REPORT = "report.md"
-LOG = "logs/{stage}/{job}.log"
-BENCHMARK = "benchmarks/{stage}/{job}.tsv"       # Snakemake's `benchmark:` files (wall-clock per job)
+LOGS, BENCHMARKS = "logs", "benchmarks"
+LOG = LOGS + "/{stage}/{job}.log"                 # a job's log, named after its output (`log`)
+STEP_LOG = LOGS + "/{stage}.log"                  # the log of a step that runs once per run (aggregate)
+BENCHMARK = BENCHMARKS + "/{stage}/{job}.tsv"     # Snakemake's `benchmark:` files (wall-clock per job)
 FIGURE = "{item}{ext}"                            # under figure_dir: .png and .pdf
+
+#: The split lists of a task in the VTAB-1k layout (VPT/NOAH's release, and the tasks the workflow
+#: generates, which the same loader reads).
+VTAB_SPLIT_FILES = {"train": "train800.txt", "val": "val200.txt", "trainval": "train800val200.txt",
+                    "test": "test.txt"}
+#: Datasets named <GENERATED_FAMILY>/<task> are written by the workflow itself (`tocom make-tasks`), under TASK.
+GENERATED_FAMILY = "fmnist_vtab"
 
 #: What a template's field may hold. Fields not listed take one path component.
 FIELDS = {
@@ -50,11 +62,12 @@ FIELDS = {
     "high": r"\d+",
     "a": r"[^/]+?",
     "b": r"[^/]+?",
+    "mode": r"[a-z]+",                            # bench modes (infer, train, plugin): no "_", so tome_ffn_infer parses
+    "task": r"[a-z0-9_]+",
     "ext": r"\.\w+",
-    "stage": r"[^/]+",
-    "job": r"[^/]+",
 }
 INTS = ("source", "seed", "high")
+_FIELD = re.compile(r"{(\w+)}")
 
 
 def run_dir(name: str) -> str:
@@ -75,31 +88,60 @@ def dataset_name(key: str) -> str:
 
 
 def fields_of(template: str) -> list[str]:
-    return re.findall(r"{(\w+)}", template)
+    return _FIELD.findall(template)
+
+
+def _fill(template: str, fields: dict) -> str:
+    """The given fields filled in (dataset, a, b as names or keys); the others stay `{field}` wildcards."""
+    for key in ("dataset", "a", "b"):
+        if isinstance(fields.get(key), str):
+            fields = {**fields, key: dataset_key(fields[key])}
+    return _FIELD.sub(lambda m: str(fields[m[1]]) if m[1] in fields else m[0], template)
 
 
 def path(template: str, **fields) -> str:
     """The template filled in; `dataset`, `a` and `b` may be given as names (vtab/cifar) or keys."""
-    for key in ("dataset", "a", "b"):
-        if key in fields and isinstance(fields[key], str):
-            fields[key] = dataset_key(fields[key])
-    return template.format(**fields)
+    missing = [f for f in fields_of(template) if f not in fields]
+    if missing:
+        raise KeyError(f"{template}: no value for {', '.join(missing)}")
+    return _fill(template, fields)
 
 
-def pattern(template: str, prefix: str = "") -> str:
-    """The template as a Snakemake output pattern: `{field}` stays a wildcard; `prefix` (the run folder)
-    goes in front."""
-    return f"{prefix}/{template}" if prefix else template
+def pattern(template: str, prefix: str = "", **fields) -> str:
+    """The template as a Snakemake pattern: the given fields filled in, the others `{field}` wildcards;
+    `prefix` (the run folder) goes in front."""
+    out = _fill(template, fields)
+    return f"{prefix}/{out}" if prefix else out
 
 
-def constraints(template: str) -> dict[str, str]:
-    """Snakemake `wildcard_constraints` for the fields of a template."""
-    return {f: FIELDS.get(f, r"[^/]+") for f in fields_of(template)}
+def job(template: str, **fields) -> str:
+    """A job's name in its log and benchmark files: its output's path below the top folder, "/" -> "_",
+    without the extension (eval/deit_b/tome/cifar100/r0_seed0.csv -> deit_b_tome_cifar100_r0_seed0)."""
+    below = re.sub(r"\.\w+$", "", template.split("/", 1)[1])
+    return pattern(below.replace("/", "_"), **fields)
+
+
+def log(stage: str, template: str, **fields) -> str:
+    """The log of the `stage` job writing `template` (a pattern unless every field is given)."""
+    return pattern(LOG, stage=stage, job=job(template, **fields))
+
+
+def benchmark(stage: str, template: str, **fields) -> str:
+    return pattern(BENCHMARK, stage=stage, job=job(template, **fields))
+
+
+def constraints(*templates: str) -> dict[str, str]:
+    """Snakemake `wildcard_constraints` for the fields of the templates."""
+    return {f: FIELDS.get(f, r"[^/]+") for t in templates for f in fields_of(t)}
+
+
+#: The constraints of every output's fields (the workflow's global `wildcard_constraints`).
+WILDCARDS = constraints(BACKBONE, PLUGIN, FINETUNE, SEARCH, EVAL, TRANSFER, BENCH, SEGMENT, TASK)
 
 
 def _regex(template: str) -> re.Pattern:
     out, last = [], 0
-    for m in re.finditer(r"{(\w+)}", template):
+    for m in _FIELD.finditer(template):
         out.append(re.escape(template[last:m.start()]))
         out.append(f"(?P<{m[1]}>{FIELDS.get(m[1], r'[^/]+')})")
         last = m.end()
@@ -107,7 +149,7 @@ def _regex(template: str) -> re.Pattern:
     return re.compile("(?:^|/)" + "".join(out) + "$")
 
 
-def parse(template: str, file: str) -> dict:
+def parse(template: str, file) -> dict:
     """The fields of `file` (a path ending in the template; anything before it is ignored): integers for
     source/seed/high, dataset names (not keys) for dataset/a/b. Raises ValueError when it does not fit."""
     m = _regex(template).search(str(file).replace("\\", "/"))

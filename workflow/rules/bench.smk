@@ -11,16 +11,14 @@ def bench_flags(wc):
 
 rule bench:
     output:
-        f"{OUT}/bench/{{backbone}}/{{method}}_{{mode}}.csv",
+        run_path(layout.BENCH),
     log:
-        f"{LOGS}/bench/{{backbone}}_{{method}}_{{mode}}.log",
+        job_log("bench", layout.BENCH),
     benchmark:
-        f"{OUT}/benchmarks/bench/{{backbone}}_{{method}}_{{mode}}.tsv"
+        job_benchmark("bench", layout.BENCH)
     params:
         launch=f"{sys.executable} -m tocom.cli",
         args=bench_flags,
-    wildcard_constraints:
-        mode=r"infer|train|plugin",
     threads: threads("bench")
     resources:
         **res("bench"),

@@ -1,10 +1,12 @@
-# Shared by every stage: config validation, the experiment grid, and how a step is launched.
+# Shared by every stage: config validation, the experiment grid, and how a step is launched. Every path
+# comes from the run layout (tocom/layout.py, used qualified: `layout.EVAL`): `run_path` puts a template
+# under this run's folder, `job_log`/`job_benchmark` name a job's files after its output.
 import shlex
 import sys
 
+from tocom import layout
 from tocom.errors import TocomError
-from tocom.experiments import (CHOSEN, EVAL, FINETUNE, SEARCH, SELECT, TRANSFER, Grid, backbone_path, dataset_name,
-                               plugin_path, validate_config)
+from tocom.experiments import Grid, validate_config
 from tocom.settings import RunSettings
 
 try:
@@ -16,18 +18,31 @@ try:
     GRID = Grid(config, check_files=checked, check_geometry=checked)
 except TocomError as e:  # one line, before any job runs
     sys.exit(f"config error: {e}")
+# Every plugin variant, the paper's ablations included (the config's `variants` section only adds to
+# them): what the report's items read as config["variants"].
+config["variants"] = GRID.variants
 
-OUT = f"results/{config['name']}"
-LOGS = f"{OUT}/logs"
-AGGREGATES = [f"{OUT}/tables/{t}" for t in ("eval.csv", "transfer.csv", "bench.csv", "summary.md")]
+OUT = layout.run_dir(config["name"])
+
+
+def run_path(template, **fields):
+    """A layout template under this run's folder: unfilled fields stay Snakemake wildcards."""
+    return layout.pattern(template, OUT, **fields)
+
+
+def job_log(stage, template, **fields):
+    """The log of the `stage` job that writes `template` (logs/<stage>/<its output's fields>.log)."""
+    return run_path(layout.log(stage, template, **fields))
+
+
+def job_benchmark(stage, template, **fields):
+    return run_path(layout.benchmark(stage, template, **fields))
+
+
+AGGREGATES = [run_path(layout.TABLE, table=t) for t in ("eval", "transfer", "bench")] + [run_path(layout.SUMMARY)]
 
 wildcard_constraints:
-    backbone=r"[^/]+",
-    method=r"tome_ffn|tome|evit|idle|none",     # none: the source r = 0 fine-tunes every method shares
-    dataset=r"[^/]+",
-    variant=r"[^/]+",
-    source=r"\d+",
-    seed=r"\d+",
+    **layout.WILDCARDS,
 
 
 def launch(kind):
@@ -39,11 +54,13 @@ def launch(kind):
 
 
 def res(kind):
+    """The job's resources from the config's `resources` entry; what it leaves out, the profile's
+    `default-resources` set (profiles/slurm)."""
     r = config["resources"][kind]
-    out = dict(runtime=r.get("runtime", 60), mem_mb=r.get("mem_mb", 4000))
+    given = {k: r[k] for k in ("runtime", "mem_mb") if k in r}
     if r.get("gpus", 0) > 0:
-        out["gpu"] = r["gpus"]
-    return out
+        given["gpu"] = r["gpus"]
+    return given
 
 
 def threads(kind):
@@ -75,11 +92,15 @@ def common_flags(dataset, seed):
 def backbone_input(wildcards):
     """Our own pretrained backbone, when the config trains it; nothing for hub/checkpoint backbones."""
     bb = config["backbones"][wildcards.backbone]
-    return [f"{OUT}/{backbone_path(wildcards.backbone)}"] if bb.get("pretrain") else []
+    return [run_path(layout.BACKBONE, backbone=wildcards.backbone)] if bb.get("pretrain") else []
 
 
 def backbone_flags(key):
     bb = config["backbones"][key]
     if bb.get("pretrain"):
-        return flags(checkpoint=f"{OUT}/{backbone_path(key)}")
+        return flags(checkpoint=run_path(layout.BACKBONE, backbone=key))
     return flags(backbone=bb["timm"], checkpoint=bb.get("checkpoint"), pretrained=bool(bb.get("pretrained")))
+
+
+def plugin_file(backbone, method, variant):
+    return run_path(layout.PLUGIN, backbone=backbone, method=method, variant=variant)

@@ -12,11 +12,11 @@ rule distill:
     input:
         backbone_input,
     output:
-        f"{OUT}/plugins/{{backbone}}/{{method}}/{{variant}}.safetensors",
+        run_path(layout.PLUGIN),
     log:
-        f"{LOGS}/distill/{{backbone}}_{{method}}_{{variant}}.log",
+        job_log("distill", layout.PLUGIN),
     benchmark:
-        f"{OUT}/benchmarks/distill/{{backbone}}_{{method}}_{{variant}}.tsv"
+        job_benchmark("distill", layout.PLUGIN)
     params:
         launch=launch("distill"),
         args=distill_flags,

@@ -7,12 +7,12 @@ def eval_run(wc):
 
 
 def eval_plugins(wc):
-    return {v: f"{OUT}/{plugin_path(wc.backbone, wc.method, v)}" for v in sorted(eval_run(wc).variants)}
+    return {v: plugin_file(wc.backbone, wc.method, v) for v in sorted(eval_run(wc).variants)}
 
 
 def eval_selector(wc):
     sel = eval_run(wc).selector
-    return [f"{OUT}/{sel.path}"] if sel else []
+    return [run_path(sel.path)] if sel else []
 
 
 def eval_flags(wc):
@@ -28,16 +28,16 @@ def eval_flags(wc):
 
 rule evaluate:
     input:
-        model=lambda wc: f"{OUT}/{eval_run(wc).finetune.path}",
+        model=lambda wc: run_path(eval_run(wc).finetune.path),
         selector=eval_selector,
         plugins=lambda wc: list(eval_plugins(wc).values()),
         data=lambda wc: data_input(eval_run(wc).finetune.dataset),
     output:
-        f"{OUT}/{EVAL}",
+        run_path(layout.EVAL),
     log:
-        f"{LOGS}/evaluate/{{backbone}}_{{method}}_{{dataset}}_r{{source}}_seed{{seed}}.log",
+        job_log("evaluate", layout.EVAL),
     benchmark:
-        f"{OUT}/benchmarks/evaluate/{{backbone}}_{{method}}_{{dataset}}_r{{source}}_seed{{seed}}.tsv"
+        job_benchmark("evaluate", layout.EVAL)
     params:
         launch=launch("eval"),
         args=eval_flags,

@@ -16,7 +16,7 @@ def finetune_flags(run):
 def chosen_input(run):
     """The search result a fine-tune applies, when its recipe searches anything."""
     path = GRID.chosen_path(run)
-    return [f"{OUT}/{path}"] if path else []
+    return [run_path(path)] if path else []
 
 
 def chosen_flag(run):
@@ -26,14 +26,14 @@ def chosen_flag(run):
 rule search_candidate:
     input:
         backbone_input,
-        lambda wc: data_input(dataset_name(wc.dataset)),
+        lambda wc: data_input(layout.dataset_name(wc.dataset)),
     output:
-        model=f"{OUT}/{SEARCH}",
-        score=f"{OUT}/{SEARCH}.score.json",
+        model=run_path(layout.SEARCH),
+        score=run_path(layout.SEARCH_SCORE),
     log:
-        f"{LOGS}/search/{{backbone}}_{{method}}_{{dataset}}_seed{{seed}}_{{candidate}}.log",
+        job_log("search", layout.SEARCH),
     benchmark:
-        f"{OUT}/benchmarks/search/{{backbone}}_{{method}}_{{dataset}}_seed{{seed}}_{{candidate}}.tsv"
+        job_benchmark("search", layout.SEARCH)
     params:
         launch=launch("finetune"),
         args=lambda wc: finetune_flags(GRID.search_run(**wc)),
@@ -47,12 +47,12 @@ rule search_candidate:
 
 rule search_select:
     input:
-        lambda wc: [f"{OUT}/{c.path}.score.json" for c in GRID.searches.values()
-                    if c.chosen_path == CHOSEN.format(**wc)],
+        lambda wc: [run_path(layout.SEARCH_SCORE, **c.fields) for c in GRID.searches.values()
+                    if c.chosen_path == layout.path(layout.CHOSEN, **wc)],
     output:
-        f"{OUT}/{CHOSEN}",
+        run_path(layout.CHOSEN),
     log:
-        f"{LOGS}/search/{{backbone}}_{{method}}_{{dataset}}_seed{{seed}}_select.log",
+        job_log("search", layout.SEARCH, candidate="select"),
     params:
         launch=f"{sys.executable} -m tocom.cli",
     localrule: True
@@ -64,13 +64,13 @@ rule finetune:
     input:
         backbone_input,
         lambda wc: chosen_input(GRID.finetune_run(**wc)),
-        lambda wc: data_input(dataset_name(wc.dataset)),
+        lambda wc: data_input(layout.dataset_name(wc.dataset)),
     output:
-        f"{OUT}/{FINETUNE}",
+        run_path(layout.FINETUNE),
     log:
-        f"{LOGS}/finetune/{{backbone}}_{{method}}_{{dataset}}_r{{source}}_seed{{seed}}.log",
+        job_log("finetune", layout.FINETUNE),
     benchmark:
-        f"{OUT}/benchmarks/finetune/{{backbone}}_{{method}}_{{dataset}}_r{{source}}_seed{{seed}}.tsv"
+        job_benchmark("finetune", layout.FINETUNE)
     params:
         launch=launch("finetune"),
         args=lambda wc: finetune_flags(GRID.finetune_run(**wc)) + " " + chosen_flag(GRID.finetune_run(**wc)),
@@ -85,13 +85,13 @@ rule finetune_select:
     input:
         backbone_input,
         lambda wc: chosen_input(GRID.finetune_run("select", **wc)),
-        lambda wc: data_input(dataset_name(wc.dataset)),
+        lambda wc: data_input(layout.dataset_name(wc.dataset)),
     output:
-        f"{OUT}/{SELECT}",
+        run_path(layout.SELECT),
     log:
-        f"{LOGS}/select/{{backbone}}_{{method}}_{{dataset}}_r{{source}}_seed{{seed}}.log",
+        job_log("select", layout.SELECT),
     benchmark:
-        f"{OUT}/benchmarks/select/{{backbone}}_{{method}}_{{dataset}}_r{{source}}_seed{{seed}}.tsv"
+        job_benchmark("select", layout.SELECT)
     params:
         launch=launch("finetune"),
         args=lambda wc: finetune_flags(GRID.finetune_run("select", **wc)) + " "

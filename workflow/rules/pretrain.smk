@@ -9,11 +9,11 @@ def pretrain_flags(wc):
 
 rule pretrain_backbone:
     output:
-        f"{OUT}/backbones/{{backbone}}.safetensors",
+        run_path(layout.BACKBONE),
     log:
-        f"{LOGS}/pretrain/{{backbone}}.log",
+        job_log("pretrain", layout.BACKBONE),
     benchmark:
-        f"{OUT}/benchmarks/pretrain/{{backbone}}.tsv"
+        job_benchmark("pretrain", layout.BACKBONE)
     params:
         launch=launch("pretrain"),
         args=pretrain_flags,

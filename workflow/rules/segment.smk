@@ -1,10 +1,10 @@
-# Stage 6: semantic segmentation (the appendix's Table 11). Segmenters fine-tuned at each source r with
+# Stage 7: semantic segmentation (the appendix's Table 11). Segmenters fine-tuned at each source r with
 # tokens merged before each FFN (tome_ffn), by Segmenter's recipe (`segmentation.recipe`, SegmentSettings);
 # each evaluated (mIoU) at every target r, plain and with the backbone's tome_ffn plugins (distilled by the
 # ordinary `distill` rule with method tome_ffn), s chosen on val; gathered into tables/segment.csv.
-from tocom.experiments import SEGMENT, SEGMENT_EVAL, SEGMENT_METHOD
+from tocom.experiments import SEGMENT_METHOD
 
-SEGMENT_TABLE = f"{OUT}/tables/segment.csv"
+SEGMENT_TABLE = run_path(layout.TABLE, table="segment")
 SEG_RES = "segment" if "segment" in config["resources"] else "finetune"    # resources entry of segment-finetune
 
 
@@ -14,7 +14,7 @@ def segment_run(wc):
 
 def segment_plugins(wc):
     seg = config.get("segmentation") or {}
-    return {v: f"{OUT}/{plugin_path(wc.backbone, SEGMENT_METHOD, v)}" for v in seg.get("variants", [])}
+    return {v: plugin_file(wc.backbone, SEGMENT_METHOD, v) for v in seg.get("variants", [])}
 
 
 def segment_finetune_flags(wc):
@@ -36,11 +36,11 @@ rule segment_finetune:
     input:
         backbone_input,
     output:
-        f"{OUT}/{SEGMENT}",
+        run_path(layout.SEGMENT),
     log:
-        f"{LOGS}/segment/{{backbone}}_{{dataset}}_r{{source}}_seed{{seed}}.log",
+        job_log("segment", layout.SEGMENT),
     benchmark:
-        f"{OUT}/benchmarks/segment/{{backbone}}_{{dataset}}_r{{source}}_seed{{seed}}.tsv"
+        job_benchmark("segment", layout.SEGMENT)
     params:
         launch=launch(SEG_RES),
         args=segment_finetune_flags,
@@ -53,14 +53,14 @@ rule segment_finetune:
 
 rule segment_evaluate:
     input:
-        model=f"{OUT}/{SEGMENT}",
+        model=run_path(layout.SEGMENT),
         plugins=lambda wc: list(segment_plugins(wc).values()),
     output:
-        f"{OUT}/{SEGMENT_EVAL}",
+        run_path(layout.SEGMENT_EVAL),
     log:
-        f"{LOGS}/segment_eval/{{backbone}}_{{dataset}}_r{{source}}_seed{{seed}}.log",
+        job_log("segment_eval", layout.SEGMENT_EVAL),
     benchmark:
-        f"{OUT}/benchmarks/segment_eval/{{backbone}}_{{dataset}}_r{{source}}_seed{{seed}}.tsv"
+        job_benchmark("segment_eval", layout.SEGMENT_EVAL)
     params:
         launch=launch("eval"),
         args=segment_eval_flags,
@@ -74,9 +74,11 @@ rule segment_evaluate:
 
 rule aggregate_segment:
     input:
-        [f"{OUT}/{r.eval_path}" for r in sorted(GRID.segments.values(), key=lambda r: r.eval_path)],
+        [run_path(r.eval_path) for r in sorted(GRID.segments.values(), key=lambda r: r.eval_path)],
     output:
         SEGMENT_TABLE,
+    log:
+        run_path(layout.STEP_LOG, stage="aggregate_segment"),
     params:
         backbone_key=(config.get("segmentation") or {}).get("backbone", ""),
     localrule: True
@@ -84,9 +86,10 @@ rule aggregate_segment:
         import pandas as pd
 
         from tocom.engine.segment import COLUMNS
-        from tocom.io import write_csv
+        from tocom.io import write_csv, write_text
 
         frames = [pd.read_csv(p) for p in input]
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
         df.insert(0, "backbone_key", params.backbone_key)
         write_csv(df, output[0])
+        write_text(f"{output[0]}: {len(df)} rows from {len(frames)} evaluation files\n", log[0])

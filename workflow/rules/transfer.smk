@@ -8,27 +8,24 @@ def transfer_run(wc):
 def transfer_models(wc):
     """M_high^A, M_0^A and M_0^B (the r = 0 models are the fine-tunes every method shares)."""
     high_a, low_a, model_b = transfer_run(wc).models
-    return dict(high_a=f"{OUT}/{high_a.path}", low_a=f"{OUT}/{low_a.path}", model_b=f"{OUT}/{model_b.path}")
+    return dict(high_a=run_path(high_a.path), low_a=run_path(low_a.path), model_b=run_path(model_b.path))
 
 
 rule transfer:
     input:
         unpack(transfer_models),
-        data=lambda wc: data_input(dataset_name(wc.b)),
+        data=lambda wc: data_input(layout.dataset_name(wc.b)),
     output:
-        f"{OUT}/{TRANSFER}",
-    benchmark:
-        f"{OUT}/benchmarks/transfer/{{backbone}}_{{method}}_{{a}}_to_{{b}}_r{{high}}_seed{{seed}}.tsv"
+        run_path(layout.TRANSFER),
     log:
-        f"{LOGS}/transfer/{{backbone}}_{{method}}_{{a}}_to_{{b}}_r{{high}}_seed{{seed}}.log",
+        job_log("transfer", layout.TRANSFER),
+    benchmark:
+        job_benchmark("transfer", layout.TRANSFER)
     params:
         launch=launch("eval"),
         args=lambda wc: " ".join([flags(method=wc.method, target_r=transfer_run(wc).target_r),
-                                  GRID.eval_settings.cli_args(), common_flags(dataset_name(wc.b), int(wc.seed))]),
-    wildcard_constraints:
-        a=r"[^/]+?",
-        b=r"[^/]+?",
-        high=r"\d+",
+                                  GRID.eval_settings.cli_args(),
+                                  common_flags(layout.dataset_name(wc.b), int(wc.seed))]),
     threads: threads("eval")
     resources:
         **res("eval"),

@@ -2,14 +2,10 @@
 
 Reads result files only (CSVs, JSON and safetensors headers, never models or engines), so it reruns in a
 second on any machine. Two config backbones can share a timm name, so every table also gets the
-config's `backbone_key`, parsed from the result file's path:
-  eval/<backbone_key>/<method>/<dataset_key>/r<source>_seed<seed>.csv          -> eval.csv
-  transfer/<backbone_key>/<method>/<a>_to_<b>_r<high>_seed<seed>.csv           -> transfer.csv
-  bench/<backbone_key>/<method>_<mode>.csv                                     -> bench.csv
-  plugins/<backbone_key>/<method>/<variant>.safetensors                        -> plugins.csv
-  {finetune,select}/<backbone_key>/<method>/<dataset_key>/r<source>_seed<seed>.safetensors -> models.csv
-  search/<backbone_key>/<method>/<dataset_key>/seed<seed>/chosen.json          -> search.csv
-  benchmarks/<rule>/<job id>.tsv (Snakemake `benchmark:` files, globbed)       -> runtime.csv
+config's `backbone_key`, parsed from the result file's path by the run layout (tocom/layout.py):
+  layout.EVAL -> eval.csv, TRANSFER -> transfer.csv, BENCH -> bench.csv, PLUGIN -> plugins.csv,
+  FINETUNE and SELECT -> models.csv, CHOSEN -> search.csv, and the Snakemake `benchmark:` files
+  (BENCHMARK, globbed) -> runtime.csv.
 
 eval.csv keeps the evaluator's `checkpoint` column ("final": the evaluated model; "select": its
 companion trained without the selection split, rows on that split only). models.csv and plugins.csv
@@ -19,7 +15,6 @@ plus the training `split`. bench.csv holds both `tocom bench` tables: throughput
 tocom/engine/bench.py). A header that cannot be read stops the step with one line naming the file.
 """
 import json
-import re
 import sys
 from math import prod
 from pathlib import Path
@@ -27,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 from safetensors import safe_open
 
+from tocom import layout
 from tocom.io import write_csv, write_text   # atomic, umask-honouring writes (torch-free)
 
 sm = snakemake  # noqa: F821  (injected by Snakemake's `script:` directive)
@@ -50,8 +46,6 @@ COLUMNS = {
     "search": ["backbone_key", "method", "dataset", "seed", "recipe", "candidate", "split", "top1", "chosen"],
     "runtime": ["rule", "job", "repeat", "s", "h", "max_rss", "cpu_time", "gpus", "device_hours"],
 }
-TRANSFER_NAME = re.compile(r"^(?P<a>.+?)_to_(?P<b>.+)_r(?P<high>\d+)_seed(?P<seed>\d+)\.csv$")
-ROLE_OF_FOLDER = {"finetune": "final", "select": "select"}
 # Which `resources` entry of the config a rule's jobs ran with (for GPUs per job in runtime.csv).
 RESOURCE_OF_RULE = {"pretrain": "pretrain", "distill": "distill", "finetune": "finetune", "select": "finetune",
                     "search": "finetune", "evaluate": "eval", "transfer": "eval", "bench": "bench"}
@@ -69,23 +63,36 @@ def param(name, default=None):
     return named(sm.params, name, default)
 
 
+LOG = (getattr(sm, "log", None) or [None])[0]     # the tables written, or why it stopped (tests pass no log)
+
+
 def fail(path, why: str):
-    sys.exit(f"aggregate: {path}: {why}; re-run the step that wrote it (delete the file and rerun the workflow)")
+    message = f"aggregate: {path}: {why}; re-run the step that wrote it (delete the file and rerun the workflow)"
+    if LOG:
+        write_text(message + "\n", LOG)
+    sys.exit(message)
+
+
+def fields(template: str, path) -> dict:
+    """The fields of a result file's path (layout.parse), or one line naming the file."""
+    try:
+        return layout.parse(template, path)
+    except ValueError:
+        fail(path, f"its path is not laid out as {template}")
 
 
 def read(kind, path):
     df = pd.read_csv(path)
-    p = Path(path)
     if kind == "evals":
-        df["backbone_key"] = p.parts[-4]
+        df["backbone_key"] = fields(layout.EVAL, path)["backbone"]
         if "checkpoint" not in df:                  # written before the evaluator recorded it
             df["checkpoint"] = "final"
     elif kind == "transfers":
-        m = TRANSFER_NAME.match(p.name)
-        df["backbone_key"], df["a"], df["high_r"] = p.parts[-3], m["a"].replace("__", "/"), int(m["high"])
+        f = fields(layout.TRANSFER, path)
+        df["backbone_key"], df["a"], df["high_r"] = f["backbone"], f["a"], f["high"]
     else:
-        df["backbone_key"] = p.parts[-2]
-        if kind == "benches" and "kind" not in df:  # Fig. 3 throughput rows (plugin-check rows carry their kind)
+        df["backbone_key"] = fields(layout.BENCH, path)["backbone"]
+        if "kind" not in df:                        # Fig. 3 throughput rows (plugin-check rows carry their kind)
             df["kind"] = "throughput"
     return df
 
@@ -142,8 +149,9 @@ def plugin_row(path):
     meta, shapes = header(path)
     extra = json_field(path, meta, "extra", "plugin")
     settings = extra.get("settings")
-    p = Path(path)
-    row = {"backbone_key": p.parts[-3], "backbone": meta.get("backbone"), "method": p.parts[-2], "variant": p.stem,
+    f = fields(layout.PLUGIN, path)
+    row = {"backbone_key": f["backbone"], "backbone": meta.get("backbone"), "method": f["method"],
+           "variant": f["variant"],
            "kind": meta.get("variant"), "loss": extra.get("loss", (settings or {}).get("loss")),
            "rank": as_int(path, meta, "rank"), "r_max": as_int(path, meta, "r_max"),
            "groups": shapes["A.q"][0] if "A.q" in shapes else None, "width": as_int(path, meta, "width"),
@@ -154,14 +162,17 @@ def plugin_row(path):
 
 def model_row(path, recipes: dict):
     meta = json_field(path, header(path)[0], "tocom", "model")
-    p = Path(path)
-    m, s = re.match(r"r(\d+)_", p.name), re.search(r"seed(\d+)", p.name)
-    if m is None or s is None:
-        fail(path, "its name is not r<source>_seed<seed>.safetensors")
-    row = {"backbone_key": p.parts[-4], "backbone": meta.get("backbone"), "method": p.parts[-3],
-           "dataset": meta.get("dataset", p.parts[-2].replace("__", "/")),
-           "role": ROLE_OF_FOLDER.get(p.parts[-5], p.parts[-5]), "recipe": recipes.get(str(path)),
-           "source_r": int(m[1]), "seed": int(s[1]), "mode": meta.get("mode"),
+    for role, template in layout.ROLES.items():
+        try:
+            f = layout.parse(template, path)
+            break
+        except ValueError:
+            continue
+    else:
+        fail(path, f"its path is not laid out as {' or '.join(layout.ROLES.values())}")
+    row = {"backbone_key": f["backbone"], "backbone": meta.get("backbone"), "method": f["method"],
+           "dataset": meta.get("dataset", f["dataset"]), "role": role, "recipe": recipes.get(str(path)),
+           "source_r": f["source"], "seed": f["seed"], "mode": meta.get("mode"),
            "num_classes": meta.get("num_classes"), "epochs": meta.get("epochs"), "split": meta.get("split")}
     return {**row, **flat_settings(path, meta.get("settings"))}
 
@@ -177,14 +188,17 @@ def search_rows(path, recipes: dict) -> list[dict]:
         fail(path, f"not valid JSON ({e})")
     except (KeyError, TypeError):
         fail(path, "not a search result (needs 'chosen' and a 'candidates' list)")
-    p = Path(path)
-    key = {"backbone_key": p.parts[-5], "method": p.parts[-4], "dataset": p.parts[-3].replace("__", "/"),
-           "seed": int(p.parts[-2].removeprefix("seed")), "recipe": recipes.get(str(path)), "split": data.get("split")}
+    f = fields(layout.CHOSEN, path)
+    key = {"backbone_key": f["backbone"], "method": f["method"], "dataset": f["dataset"], "seed": f["seed"],
+           "recipe": recipes.get(str(path)), "split": data.get("split")}
     searched = list(dict.fromkeys([*chosen, *(k for c in candidates for k in c if k not in ("path", "top1"))]))
     rows = []
     for c in candidates:
         values = {k: c.get(k, chosen.get(k)) for k in searched}
-        name = Path(str(c.get("path", ""))).name.removesuffix(".score.json").removesuffix(".safetensors")
+        try:
+            name = layout.parse(layout.SEARCH_SCORE, c.get("path", ""))["candidate"]
+        except ValueError:
+            name = ""
         rows.append({**key, "candidate": name,
                      **values, "top1": c.get("top1"),
                      "chosen": all(values[k] == chosen[k] for k in chosen)})
@@ -192,10 +206,11 @@ def search_rows(path, recipes: dict) -> list[dict]:
 
 
 def runtime_rows(folder, resources: dict) -> list[dict]:
-    """Every Snakemake benchmark file under results/<name>/benchmarks/<rule>/<job id>.tsv."""
+    """Every Snakemake benchmark file under the run's benchmark folder (layout.BENCHMARK)."""
     rows = []
     for tsv in sorted(Path(folder).glob("**/*.tsv")) if folder and Path(folder).is_dir() else []:
-        rule = tsv.relative_to(folder).parts[0]
+        f = fields(layout.BENCHMARK, tsv)
+        rule = f["stage"]
         try:
             df = pd.read_csv(tsv, sep="\t")
             seconds = df["s"]
@@ -204,7 +219,7 @@ def runtime_rows(folder, resources: dict) -> list[dict]:
         gpus = int((resources.get(RESOURCE_OF_RULE.get(rule, rule)) or {}).get("gpus", 0) or 0)
         for i, rec in enumerate(df.to_dict("records")):
             s = pd.to_numeric(rec.get("s"), errors="coerce")
-            rows.append({"rule": rule, "job": tsv.stem, "repeat": i, "s": s, "h": s / 3600,
+            rows.append({"rule": rule, "job": f["job"], "repeat": i, "s": s, "h": s / 3600,
                          "max_rss": pd.to_numeric(rec.get("max_rss"), errors="coerce"),
                          "cpu_time": pd.to_numeric(rec.get("cpu_time"), errors="coerce"),
                          "gpus": gpus, "device_hours": s / 3600 * max(gpus, 1)})
@@ -267,3 +282,6 @@ if len(runtime):
     per_rule["jobs"] = per_rule.jobs.astype(str)
     lines += ["## Wall-clock per rule (Snakemake benchmark files)", "", per_rule.to_markdown(floatfmt=".3f"), ""]
 write_text("\n".join(lines) + "\n", sm.output.summary)
+if LOG:
+    write_text("".join(f"{named(sm.output, name)}: {len(df)} rows\n" for df, name in outputs
+                       if named(sm.output, name)) + f"{sm.output.summary}: the summary\n", LOG)

@@ -30,14 +30,15 @@ import torch
 import yaml
 
 from tocom.compress import flops, patch
-from tocom.experiments import Grid, dataset_key
+from tocom import layout
+from tocom.experiments import SEGMENT_METHOD, Grid
 from tocom.settings import UNCOMPRESSED
 
 REPO = Path(__file__).resolve().parents[2]
 ANCHOR_GPU_HOURS, ANCHOR_IMAGES, ANCHOR_EPOCHS = 1.8 * 8, 1_281_167, 10
 UNKNOWN_SIZE = 1000
 FIXED = {"bench"}                    # priced at a flat guess, not by FLOPs: never rescaled by other rules' ratio
-# Benchmark folder of each rule (workflow/rules/*.smk `benchmark:`), and the `resources` entry it runs with.
+# Benchmark folder (stage) of each rule (workflow/rules/*.smk `benchmark:`), and the `resources` entry it runs with.
 FOLDER = {"pretrain_backbone": "pretrain", "distill": "distill", "finetune": "finetune", "finetune_select": "select",
           "search_candidate": "search", "evaluate": "evaluate", "transfer": "transfer", "bench": "bench",
           "segment_finetune": "segment", "segment_evaluate": "segment_eval"}
@@ -120,7 +121,7 @@ def estimate(config: dict) -> pd.DataFrame:
                      size(dataset, s.split, s.limit) * s.epochs * 3 * cost(backbone, "tome", 0)))
     for backbone, method, variant in sorted(grid.plugins):
         dataset, s = grid.distill_settings(backbone, variant)
-        if method == "tome_ffn":                      # Table 11's plugin: its own resolution and degree ladder
+        if method == SEGMENT_METHOD:                  # Table 11's plugin: its own resolution and degree ladder
             timm_name = config["backbones"][backbone]["timm"]
             if s.img_size:
                 img = s.img_size
@@ -130,18 +131,16 @@ def estimate(config: dict) -> pd.DataFrame:
             table = [g * unit for g in dense_gflops(timm_name, img, range(0, s.r_max + 1, s.r_step))]
         else:
             table = [cost(backbone, method, r) for r in range(s.r_max + 1)]
-        rows.append(("distill", f"{backbone}_{method}_{variant}",
+        rows.append(("distill", layout.job(layout.PLUGIN, backbone=backbone, method=method, variant=variant),
                      size(dataset, s.split, s.limit) * s.epochs * 4 * sum(table) / len(table)))
     for run in grid.finetunes.values():
         s = grid.finetune_settings(run)
         rule = "finetune_select" if run.role == "select" else "finetune"
-        job = f"{run.backbone}_{run.method}_{dataset_key(run.dataset)}_r{run.source}_seed{run.seed}"
-        rows.append((rule, job, size(run.dataset, s.split, s.limit) * s.epochs * 3
+        rows.append((rule, run.job, size(run.dataset, s.split, s.limit) * s.epochs * 3
                      * cost(run.backbone, run.method, run.source)))
     for cand in grid.searches.values():
         s = grid.finetune_settings(cand)              # trains on `train`, scored plain on `val`
-        job = f"{cand.backbone}_{cand.method}_{dataset_key(cand.dataset)}_seed{cand.seed}_{cand.candidate}"
-        rows.append(("search_candidate", job, (size(cand.dataset, "train", s.limit) * s.epochs * 3
+        rows.append(("search_candidate", cand.job, (size(cand.dataset, "train", s.limit) * s.epochs * 3
                                                + size(cand.dataset, "val", ev.limit))
                      * cost(cand.backbone, cand.method, cand.source)))
     n_scales = len(ev.scales)
@@ -154,13 +153,11 @@ def estimate(config: dict) -> pd.DataFrame:
         if ev_run.selector is not None:               # the companion scores s on val as well
             total += sum((1 + len(ev_run.variants) * n_scales) * val * cost(ft.backbone, method, t)
                          for t in ev_run.targets if t != ft.source)
-        rows.append(("evaluate", f"{ft.backbone}_{method}_{dataset_key(ft.dataset)}_r{ft.source}_seed{ft.seed}",
-                     total))
+        rows.append(("evaluate", ev_run.job, total))
     for t in grid.transfers:
-        job = f"{t.backbone}_{t.method}_{dataset_key(t.a)}_to_{dataset_key(t.b)}_r{t.high_r}_seed{t.seed}"
-        rows.append(("transfer", job, 2 * size(t.b, "test", ev.limit) * cost(t.backbone, t.method, t.target_r)))
+        rows.append(("transfer", t.job, 2 * size(t.b, "test", ev.limit) * cost(t.backbone, t.method, t.target_r)))
     for b in grid.benches:
-        rows.append(("bench", f"{b.backbone}_{b.method}_{b.mode}", 0.1))
+        rows.append(("bench", b.job, 0.1))
     if grid.segments:                                 # Table 11: Segmenter fine-tuning and mIoU evaluation
         from tocom.data import get_spec
 
@@ -173,14 +170,13 @@ def estimate(config: dict) -> pd.DataFrame:
             g = dict(zip(sorted({run.source, *targets}), dense_gflops(timm_name, ss.crop_size,
                          sorted({run.source, *targets}), n_cls, ss.decoder_depth)))
             images = size(run.dataset, ss.split, ss.limit) * ss.epochs if ss.epochs else ss.iterations * ss.batch_size
-            job = f"{run.backbone}_{dataset_key(run.dataset)}_r{run.source}_seed{run.seed}"
-            rows.append(("segment_finetune", job, images * 3 * g[run.source] * unit))
+            rows.append(("segment_finetune", run.job, images * 3 * g[run.source] * unit))
             win = SEG_WINDOWS.get(run.dataset, 1)
             val, test = win * size(run.dataset, "val", ev_seg.limit), win * size(run.dataset, "test", ev_seg.limit)
             total = sum((val + test) * g[t] for t in targets)
             total += sum(len(seg.get("variants", [])) * (len(ev_seg.scales) * val + test) * g[t]
                          for t in targets if t != run.source)
-            rows.append(("segment_evaluate", job, total * unit))
+            rows.append(("segment_evaluate", layout.job(layout.SEGMENT_EVAL, **run.fields), total * unit))
     df = pd.DataFrame(rows, columns=["rule", "job", "gpu_hours"])
     df.attrs["unknown_sizes"] = sorted(unknown)
     return df
@@ -191,13 +187,14 @@ def measured(folder: Path, resources: dict) -> pd.DataFrame:
     rule_of = {v: k for k, v in FOLDER.items()}
     rows = []
     for tsv in sorted(folder.glob("*/*.tsv")):
-        rule = rule_of.get(tsv.parent.name, tsv.parent.name)
+        f = layout.parse(layout.BENCHMARK, tsv)
+        rule = rule_of.get(f["stage"], f["stage"])
         try:
             seconds = float(pd.read_csv(tsv, sep="\t")["s"].mean())
         except (ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError):
             continue                                   # a damaged or half-written file: not a measurement
         gpus = int((resources.get(RESOURCE.get(rule, rule)) or {}).get("gpus", 0) or 0)
-        rows.append((rule, tsv.stem, seconds / 3600 * max(gpus, 1)))
+        rows.append((rule, f["job"], seconds / 3600 * max(gpus, 1)))
     return pd.DataFrame(rows, columns=["rule", "job", "hours"])
 
 
@@ -223,9 +220,9 @@ def main(config_path: str, results: str | None = None) -> None:
     est = estimate(config)
     df = est.groupby("rule").agg(jobs=("gpu_hours", "size"), gpu_hours=("gpu_hours", "sum"))
     folder = Path(results) if results else next(
-        (p for p in (Path("results") / config["name"], REPO / "results" / config["name"]) if p.is_dir()),
-        Path("results") / config["name"])
-    bench = folder / "benchmarks"
+        (p for p in (Path(layout.run_dir(config["name"])), REPO / layout.run_dir(config["name"])) if p.is_dir()),
+        Path(layout.run_dir(config["name"])))
+    bench = folder / layout.BENCHMARKS
     meas = measured(bench, config.get("resources", {})) if bench.is_dir() else pd.DataFrame()
     notes = []
     if len(meas):

@@ -336,7 +336,7 @@ def derive_config(paper: dict, folder: str | Path) -> dict:
         bb["checkpoint"] = str(folder / "checkpoints" / checkpoint_name(bb["timm"]))
         _one_step(bb.get("distill", {}), always=False)
     _one_step(cfg["distill"], always=True)
-    for v in cfg["variants"].values():
+    for v in (cfg.get("variants") or {}).values():
         _one_step(v, always=False)
     for recipe in cfg["recipes"].values():
         _one_step(recipe, always=True)
