@@ -22,6 +22,7 @@ import yaml
 from scipy import stats
 
 from tocom import layout
+from tocom.experiments import resolve_variants
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "workflow" / "scripts" / "report"
@@ -34,6 +35,7 @@ from common.table import CSV_COLUMNS  # noqa: E402
 import items  # noqa: E402
 
 PAPER = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+PAPER["variants"] = resolve_variants(PAPER)      # as the workflow hands the config to the report
 CIFAR_FGVC = ["cifar100", "cub200"]
 VTAB = {"natural": ["vtab/cifar", "vtab/dtd"], "specialized": ["vtab/eurosat"], "structured": ["vtab/clevr_count"]}
 BASE = {"cifar100": 90.0, "cub200": 80.0, "vtab/cifar": 60.0, "vtab/dtd": 70.0, "vtab/eurosat": 90.0,

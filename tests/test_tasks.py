@@ -293,12 +293,6 @@ def test_rewrite_replaces_the_task_and_a_crash_leaves_nothing(tmp_path, monkeypa
     assert sorted(os.listdir(tmp_path)) == ["small"] and tree_digest(tmp_path) == before
 
 
-def test_workflow_knows_the_generated_family():
-    from tocom.experiments import GENERATED_FAMILY, is_generated
-
-    assert GENERATED_FAMILY == ft.FAMILY and all(is_generated(f"{ft.FAMILY}/{t}") for t in ft.TASKS)
-
-
 def test_sizes_and_seed_have_one_home():
     """write_tasks takes TaskSettings rather than restating its defaults; the Fashion-MNIST root is the
     registry's."""

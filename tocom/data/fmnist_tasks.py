@@ -38,17 +38,16 @@ from scipy import ndimage
 from tocom.errors import TocomError
 from tocom.settings import TaskSettings
 
+from ..layout import GENERATED_FAMILY as FAMILY
+from ..layout import VTAB_SPLIT_FILES
 from .base import data_error
 from .small import FASHION_HOW, FASHION_ROOT, idx_path, read_idx
 
-FAMILY = "fmnist_vtab"
 CANVAS = 56  # px, square; items are pasted with np.maximum (Fashion-MNIST items are bright on black)
 
 #: t10k index ranges items are drawn from: train800 + val200 from the first half, test from the second.
 SOURCE_RANGES = {"trainval": (0, 5000), "test": (5000, 10000)}
 #: split -> its list file (its images go to images/<split>/); train800val200.txt is train800 then val200.
-SPLIT_FILES = {"train": "train800.txt", "val": "val200.txt", "test": "test.txt"}
-TRAINVAL_FILE = "train800val200.txt"
 SOURCES_FILE = "sources.txt"
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -277,8 +276,8 @@ def _write_task(tmp: str, spec: TaskSpec, images, labels, seed: int, sizes: dict
             Image.fromarray(img).save(os.path.join(tmp, rel), format="PNG")
             lines[split].append(f"{rel} {int(label)}\n")
             sources.append(f"{rel} {','.join(str(j) for j in idx)}\n")
-    files = {SPLIT_FILES[s]: lines[s] for s in SPLIT_FILES}
-    files[TRAINVAL_FILE] = lines["train"] + lines["val"]
+    files = {VTAB_SPLIT_FILES[s]: lines[s] for s in ("train", "val", "test")}
+    files[VTAB_SPLIT_FILES["trainval"]] = lines["train"] + lines["val"]
     files[SOURCES_FILE] = sources
     for name, content in files.items():
         with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:

@@ -28,6 +28,7 @@ from .base import (
     require_file,
 )
 from ..errors import TocomError
+from ..layout import VTAB_SPLIT_FILES
 
 # --------------------------------------------------------------------------- helpers
 
@@ -310,7 +311,6 @@ def build_oxford_flowers102(spec, root: str, split: str, seed: int, split_seed: 
 
 # --------------------------------------------------------------------------- VTAB-1k
 
-VTAB_SPLIT_FILES = {"train": "train800.txt", "val": "val200.txt", "trainval": "train800val200.txt", "test": "test.txt"}
 VTAB_HOW = (
     "get the VTAB-1k folder distributed with the VPT/NOAH benchmarks (e.g. NOAH's vtab-1k.zip) and unpack it "
     "so that root/<task>/ holds images/ and train800.txt, val200.txt, train800val200.txt, test.txt"

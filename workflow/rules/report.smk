@@ -1,4 +1,4 @@
-# Stage 8: every table and figure of the paper from the tidy tables, then one assembled report.
+# Stage 9: every table and figure of the paper from the tidy tables, then one assembled report.
 # The items are the registry workflow/scripts/report/items.py (one row per table or figure: its stem, title,
 # script, the tables and reference files it reads, its section, and how Snakemake's HTML report files it);
 # this file generates one rule per script from it. Each reads result tables (and the paper's numbers) only,
