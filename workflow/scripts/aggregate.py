@@ -20,10 +20,9 @@ from math import prod
 from pathlib import Path
 
 import pandas as pd
-from safetensors import safe_open
-
 from tocom import layout
-from tocom.io import write_csv, write_text   # atomic, umask-honouring writes (torch-free)
+from tocom.errors import TocomError
+from tocom.io import header_json, read_safetensors_header, write_csv, write_text   # torch-free
 
 sm = snakemake  # noqa: F821  (injected by Snakemake's `script:` directive)
 
@@ -66,8 +65,12 @@ def param(name, default=None):
 LOG = (getattr(sm, "log", None) or [None])[0]     # the tables written, or why it stopped (tests pass no log)
 
 
+FIX = "re-run the step that wrote it (delete the file and rerun the workflow)"
+
+
 def fail(path, why: str):
-    message = f"aggregate: {path}: {why}; re-run the step that wrote it (delete the file and rerun the workflow)"
+    """Stop with one line naming the file (`path` None: `why` names it already and ends in the fix)."""
+    message = f"aggregate: {why}" if path is None else f"aggregate: {path}: {why}; {FIX}"
     if LOG:
         write_text(message + "\n", LOG)
     sys.exit(message)
@@ -108,23 +111,17 @@ def concat(kind):
 def header(path):
     """(metadata, {tensor name: shape}) of a safetensors file, without loading any tensor."""
     try:
-        with safe_open(path, framework="np") as f:
-            return f.metadata() or {}, {k: f.get_slice(k).get_shape() for k in f.keys()}
-    except Exception as e:  # noqa: BLE001  (safetensors raises several types for a damaged file)
-        fail(path, " ".join(f"not a readable safetensors file ({e})".split()))
+        return read_safetensors_header(path, FIX)
+    except TocomError as e:
+        fail(None, str(e))
 
 
 def json_field(path, meta: dict, key: str, what: str) -> dict:
     """A JSON object stored under `key` in a safetensors header ({} when absent)."""
-    if key not in meta:
-        return {}
     try:
-        value = json.loads(meta[key])
-    except ValueError as e:
-        fail(path, f"its {what} header '{key}' is not valid JSON ({e})")
-    if not isinstance(value, dict):
-        fail(path, f"its {what} header '{key}' is a JSON {type(value).__name__}, not an object")
-    return value
+        return header_json(path, meta, key, f"{what} header '{key}'", FIX) or {}
+    except TocomError as e:
+        fail(None, str(e))
 
 
 def flat_settings(path, settings) -> dict:
