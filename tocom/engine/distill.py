@@ -43,13 +43,13 @@ def draw_pair(r_max: int) -> tuple[int, int]:
     return m, n + (n >= m)
 
 
-def mixer(s: DistillSettings | object, num_classes: int):
-    """timm's Mixup/CutMix as DeiT configures it (label smoothing 0.1 for the soft labels), or None."""
+def mixer(s: DistillSettings, num_classes: int):
+    """timm's Mixup/CutMix as DeiT configures it (its label smoothing for the soft labels), or None."""
     if s.mixup <= 0 and s.cutmix <= 0:
         return None
     from timm.data import Mixup
 
-    return Mixup(mixup_alpha=s.mixup, cutmix_alpha=s.cutmix, label_smoothing=getattr(s, "label_smoothing", 0.1),
+    return Mixup(mixup_alpha=s.mixup, cutmix_alpha=s.cutmix, label_smoothing=s.label_smoothing,
                  num_classes=max(1, num_classes))
 
 
