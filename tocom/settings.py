@@ -87,6 +87,8 @@ class Settings:
                 if not optional:
                     raise TocomError(f"{self.stage}.{f.name} must be set")
                 continue
+            if seq and not isinstance(value, (list, tuple)):
+                raise TocomError(f"{self.stage}.{f.name} must be a list, got {value!r}")
             items = list(value) if seq else [value]
             if seq:
                 object.__setattr__(self, f.name, tuple(_coerce(self.stage, f.name, v, tp) for v in items))
@@ -161,7 +163,8 @@ class Settings:
         choices (enum), check (minimum/maximum), help (description) and default. Open: a use closes it
         with `unevaluatedProperties: false`, so it may add keys of its own (e.g. distill's `dataset`)."""
         hints = typing.get_type_hints(cls)
-        return {"type": "object", "properties": {f.name: _field_schema(f, hints[f.name]) for f in fields(cls)}}
+        return {"type": "object", "description": " ".join(cls.__doc__.split()),
+                "properties": {f.name: _field_schema(f, hints[f.name]) for f in fields(cls)}}
 
     def fingerprint(self) -> dict:
         """What shapes a result (every field here does); stored with resume state and outputs."""
@@ -322,8 +325,6 @@ class DistillSettings(TrainSettings):
     lora_dropout: float = setting(0.1, "dropout on the LoRA bottleneck (authors' code)", check="unit")
     mixup: float = setting(0.8, "mixup alpha on the distillation images (0: off)", check="nonneg")
     cutmix: float = setting(1.0, "cutmix alpha on the distillation images (0: off)", check="nonneg")
-    # DeiT's smoothing of the mixed labels, which only the `cls` loss reads; fixed in the authors' script.
-    label_smoothing: ClassVar[float] = 0.1
 
 
 @dataclass(frozen=True)
@@ -457,6 +458,7 @@ class SourceSettings(Settings):
 
 @dataclass(frozen=True)
 class SourceMethodSettings(SourceSettings):
+    """The source degree and the compression active while `tocom finetune` trains."""
     method: str = setting(METHODS[0], f"token compression active while training; irrelevant at r = 0, where nothing "
                           f"is compressed (the checkpoint records method {UNCOMPRESSED!r} whatever this says)",
                           choices=METHODS + (UNCOMPRESSED,))
