@@ -10,10 +10,10 @@ default -> a function default) and Table 13 was written three times. Now a setti
 
 Adding a hyper-parameter means one field here: its flag, its config key's schema (type, choices,
 range, meaning, default: `Settings.json_schema`, filled into workflow/schemas/config.schema.yaml by
-`config_schema`) and its line in config/README.md follow from it. Values are checked in
-`__post_init__`, so a bad value fails where it is written (config at start-up, CLI at parse time)
-with one line. The command-line-only knobs (`--r`, `--method`, bench's `--threads`...) are small
-dataclasses of their own below. Torch-free: the Snakefile imports this in every job.
+`config_schema`) and its line in config/README.md (workflow/scripts/config_readme.py) follow from it.
+Values are checked in `__post_init__`, so a bad value fails where it is written (config at start-up,
+CLI at parse time) with one line. The command-line-only knobs (`--r`, `--method`, bench's `--threads`...)
+are small dataclasses of their own at the end. Torch-free: the Snakefile imports this in every job.
 """
 from __future__ import annotations
 
