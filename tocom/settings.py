@@ -143,14 +143,15 @@ class Settings:
             tp, seq, optional = _base_type(hints[f.name])
             flag = "--" + f.name.replace("_", "-")
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            help = f"{f.metadata['help']} (default: {default})"
+            choices = f.metadata["choices"]
+            help = f"{f.metadata['help']} ({f'one of {_choices(choices)}; ' if choices else ''}default: {default})"
             if tp is bool:
                 group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                    default=argparse.SUPPRESS, help=help)
                 continue
             group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=help,
                                type=_parser(tp, optional), nargs="+" if seq else None,
-                               metavar=f.name.upper(), choices=f.metadata["choices"])
+                               metavar=f.name.upper(), choices=choices)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace):
@@ -208,6 +209,10 @@ def config_schema(path: str | Path) -> dict:
     schema.setdefault("$defs", {}).update({c.__name__: c.json_schema() for c in _subclasses(Settings)},
                                           METHODS={"type": "string", "enum": list(METHODS)})
     return schema
+
+
+def _choices(choices) -> str:
+    return ", ".join("none" if c is None else str(c) for c in choices)
 
 
 def _fmt(v) -> str:
