@@ -29,7 +29,7 @@ from typing import ClassVar
 
 from .errors import TocomError
 
-METHODS = ("tome", "evit", "idle")
+METHODS = ("tome", "evit", "idle")   # token compression; the first (ToMe, the paper's main method) is the default
 UNCOMPRESSED = "none"              # a model fine-tuned at r = 0: nothing compressed, so no method applies
 DENSE_METHODS = ("tome_ffn",)      # dense prediction (Table 11): merged before each FFN, unmerged after
 VARIANTS = ("tocom", "shared", "no_inversion")
@@ -311,7 +311,7 @@ class DistillSettings(TrainSettings):
     epochs: int = setting(10, "training epochs", check="positive")
     batch_size: int = setting(1024, "global batch size", check="positive")
     scale_lr: bool = setting(True, "DeiT's rule: the learning rate is lr x batch_size / 512")
-    method: str = setting("tome", "token compression the plugin compensates (tome_ffn: the segmentation plugin, "
+    method: str = setting(METHODS[0], "token compression the plugin compensates (tome_ffn: the segmentation plugin, "
                           "Table 11)", choices=METHODS + DENSE_METHODS)
     r_max: int = setting(16, "R: the plugin covers degrees 0..R", check="positive")
     r_step: int = setting(1, "degree step k: group i bridges k*i -> k*(i+1), degrees are multiples of k "
