@@ -12,6 +12,7 @@ import torch
 import tocom
 import tocom.models  # noqa: F401  (registers the tiny backbones with timm)
 from tocom.engine.bench import PLUGIN_COLUMNS, bench_plugin
+from tocom.settings import BenchSettings, MeasureSettings
 
 MODEL = "tocom_vit_micro_patch4_56"     # 196 tokens over 12 blocks: max r = 16, like DeiT-B
 
@@ -23,8 +24,8 @@ def _finite_positive(df, *cols):
 
 def test_plugin_check_rows_columns_and_ratios(tmp_path):
     out = tmp_path / "plugin.csv"
-    df = bench_plugin(MODEL, "tome", rs=(0, 4, 16), batch_size=2, warmup=1, repeats=2, switch_repeats=2,
-                      device="cpu", out=out, progress=False)
+    df = bench_plugin(MeasureSettings(model=MODEL, method="tome", r=(0, 4, 16), device="cpu"),
+                      BenchSettings(batch_size=2, warmup=1, repeats=2, switch_repeats=2), out=out, progress=False)
     assert list(df.columns) == PLUGIN_COLUMNS
     tp, sw = df[df.kind == "merged_throughput"], df[df.kind == "switch"]
     assert len(tp) + len(sw) == len(df)
@@ -51,8 +52,9 @@ def test_plugin_check_adds_the_largest_move_and_leaves_the_model_unchanged(monke
     create = bench_mod.create_backbone
     monkeypatch.setattr(bench_mod, "create_backbone", lambda name: built.append(create(name)) or built[-1])
     torch.manual_seed(0)
-    df = bench_plugin(MODEL, "evit", rs=(4, 8), source_r=4, rank=3, batch_size=1, warmup=0, repeats=1,
-                      switch_repeats=1, device="cpu", progress=False)
+    df = bench_plugin(MeasureSettings(model=MODEL, method="evit", r=(4, 8), device="cpu"),
+                      BenchSettings(source_r=4, plugin_rank=3, batch_size=1, warmup=0, repeats=1, switch_repeats=1),
+                      progress=False)
     sw = df[df.kind == "switch"]
     assert list(zip(sw.source_r, sw.target_r, sw.from_r, sw.k)) == [(4, 8, 4, 12), (4, 8, 7, 12),
                                                                     (0, 16, 0, 48), (0, 16, 15, 48)]
@@ -69,7 +71,7 @@ def test_plugin_check_adds_the_largest_move_and_leaves_the_model_unchanged(monke
 
 def test_plugin_check_rejects_degrees_the_backbone_cannot_carry():
     with pytest.raises(tocom.TocomError, match="exceeds"):
-        bench_plugin(MODEL, rs=(0, 4), source_r=17, device="cpu", progress=False)
+        bench_plugin(MeasureSettings(model=MODEL, r=(0, 4), device="cpu"), BenchSettings(source_r=17), progress=False)
 
 
 def test_cli_prints_the_plugin_table(tmp_path, capsys):

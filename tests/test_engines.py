@@ -286,15 +286,17 @@ def test_bench_rows_per_degree_and_ratios(tmp_path):
     """One row per r in the order asked, speed-up and FLOPs ratio relative to r = 0, FLOPs falling
     with r; an r the backbone cannot carry is one TocomError."""
     from tocom.engine.bench import bench
+    from tocom.settings import BenchSettings, MeasureSettings
 
-    df = bench("tocom_vit_tiny_patch8_56", rs=(0, 2, 4), mode="train", batch_size=4, warmup=1, repeats=2,
-               device="cpu", out=tmp_path / "b.csv", progress=False)
+    df = bench(MeasureSettings(model="tocom_vit_tiny_patch8_56", r=(0, 2, 4), mode="train", device="cpu"),
+               BenchSettings(batch_size=4, warmup=1, repeats=2), out=tmp_path / "b.csv", progress=False)
     assert list(df.r) == [0, 2, 4] and (df.images_per_s > 0).all() and df.repeats.eq(2).all()
     assert df.speedup.iloc[0] == 1.0 and df.flops_ratio.iloc[0] == 1.0
     assert df.gflops.is_monotonic_decreasing and df.flops_ratio.iloc[-1] > 1.5
     assert pd.read_csv(tmp_path / "b.csv").shape == df.shape
     with pytest.raises(tocom.TocomError, match="exceeds"):
-        bench("tocom_vit_tiny_patch8_56", rs=(0, 5), batch_size=2, device="cpu", progress=False)
+        bench(MeasureSettings(model="tocom_vit_tiny_patch8_56", r=(0, 5), device="cpu"), BenchSettings(batch_size=2),
+              progress=False)
 
 
 # ---- same seed, same numbers ------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ import json
 import sys
 
 from .errors import TocomError
-from .settings import (METHODS, SPLITS, BenchSettings, DistillSettings, EvalSettings, FinetuneSettings, PretrainSettings,
-                       RunSettings, SegmentSettings, UNCOMPRESSED, splits_overlap)
+from .settings import (SPLITS, UNCOMPRESSED, BenchSettings, DistillSettings, EvalMethodSettings, EvalSettings,
+                       FinetuneSettings, MeasureSettings, PretrainSettings, RunSettings, SegmentSettings,
+                       SourceMethodSettings, SourceSettings, SweepSettings, splits_overlap)
 
 COMMANDS: dict[str, tuple] = {}
 
@@ -24,15 +25,8 @@ def command(name: str, help: str):
     return register
 
 
-def _rs(parser: argparse.ArgumentParser, default=(0, 2, 4, 8, 12, 16)) -> None:
-    parser.add_argument("--r", nargs="+", type=int, default=list(default), metavar="R",
-                        help="compression degrees (tokens merged/pruned/idled per layer)")
-
-
 def _configure_flops(p):
-    p.add_argument("--model", default="deit_base_patch16_224", help="timm backbone name")
-    p.add_argument("--method", default="tome", choices=["tome", "evit", "idle"])
-    _rs(p)
+    SweepSettings.add_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -41,15 +35,16 @@ def _flops(args):
     from .compress import flops, patch
     from .models import create_backbone
 
-    model = patch(create_backbone(args.model), args.method)
-    _check_degree(model, "--r", args.r)
-    rows = [flops(model, r) for r in args.r]
+    sweep = SweepSettings.from_args(args)
+    model = patch(create_backbone(sweep.model), sweep.method)
+    _check_degree(model, "--r", sweep.r)
+    rows = [flops(model, r) for r in sweep.r]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    base = rows[0]["gflops"] if args.r[0] == 0 else None
+    base = rows[0]["gflops"] if sweep.r[0] == 0 else None
     print(f"{'r':>3}  {'GFLOPs':>8}  {'ratio':>6}  tokens entering each block")
-    for r, row in zip(args.r, rows):
+    for r, row in zip(sweep.r, rows):
         ratio = f"{base / row['gflops']:6.2f}" if base else "     -"
         print(f"{r:>3}  {row['gflops']:8.3f}  {ratio}  {row['attn_tokens']}")
 
@@ -58,37 +53,24 @@ _flops.configure = _configure_flops
 
 
 def _configure_bench(p):
-    p.add_argument("--model", default="deit_base_patch16_224", help="timm backbone name")
-    p.add_argument("--method", default="tome", choices=["tome", "evit", "idle"])
-    _rs(p)
-    p.add_argument("--mode", default="infer", choices=["infer", "train"])
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", default=None, help="CSV to write")
-    p.add_argument("--plugin-check", action="store_true",
-                   help="instead of Fig. 3, check the deployment claims with a random merged ToCom plugin: "
-                        "inference images/s merged vs plain at each r, and Compensation.switch() latency "
-                        "vs its floor (one rank-k addmm_ into each W_q/W_v); float32 inference only")
+    MeasureSettings.add_arguments(p)
     BenchSettings.add_arguments(p)
+    p.add_argument("--out", default=None, help="CSV to write")
 
 
 @command("bench", "measured images/s per r, inference or training (Fig. 3)")
 def _bench(args):
     from .engine.bench import bench, bench_plugin
 
-    s = BenchSettings.from_args(args)
-    if args.plugin_check:
-        if args.mode != "infer" or args.amp:
+    m, s = MeasureSettings.from_args(args), BenchSettings.from_args(args)
+    if m.plugin_check:
+        if m.mode != "infer" or m.amp:
             raise TocomError("--plugin-check measures float32 inference; drop --mode train and --amp")
-        df = bench_plugin(args.model, args.method, args.r, source_r=s.source_r, rank=s.plugin_rank,
-                          batch_size=s.batch_size, warmup=s.warmup, repeats=s.repeats,
-                          switch_repeats=s.switch_repeats, device=args.device, threads=args.threads, out=args.out)
+        df = bench_plugin(m, s, out=args.out)
         cols = ["kind", "source_r", "target_r", "from_r", "k", "value", "reference", "ratio", "unit"]
         print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         return
-    df = bench(args.model, args.method, args.r, args.mode, s.batch_size, s.warmup, s.repeats,
-               args.device, args.amp, args.threads, args.out)
+    df = bench(m, s, out=args.out)
     cols = [c for c in ("r", "gflops", "images_per_s", "speedup", "flops_ratio") if c in df]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
@@ -143,7 +125,7 @@ def _pretrain(args):
     model = create_backbone(args.backbone, num_classes=get_spec(args.dataset).num_classes)
     data = _dataset(args, model, s.split, s.limit, run.seed)
     train_classifier(model, data, args.out, {"backbone": args.backbone, "dataset": args.dataset, "stage": "pretrain"},
-                     s, run, method="tome", r=0)
+                     s, run)
 
 
 _pretrain.configure = _configure_pretrain
@@ -182,10 +164,7 @@ _distill.configure = _configure_distill
 def _configure_finetune(p):
     _model_args(p)
     _data_args(p)
-    p.add_argument("--method", default="tome", choices=METHODS + (UNCOMPRESSED,),
-                   help=f"token compression active while training; irrelevant at --r 0, where nothing is compressed "
-                        f"(the checkpoint records method {UNCOMPRESSED!r} whatever this says)")
-    p.add_argument("--r", type=int, default=0, help="source degree: compression active during training")
+    SourceMethodSettings.add_arguments(p)
     p.add_argument("--chosen", default=None, metavar="JSON",
                    help="settings chosen by the hyper-parameter search (`tocom select`); they override the flags")
     FinetuneSettings.add_arguments(p)
@@ -201,9 +180,9 @@ def _finetune(args):
     from .engine.finetune import train_classifier
     from .models import resolve_model
 
-    s, run = FinetuneSettings.from_args(args), RunSettings.from_args(args)
-    if args.method == UNCOMPRESSED and args.r:
-        raise TocomError(f"--method {UNCOMPRESSED} trains uncompressed, at --r 0; give a method for --r {args.r}")
+    src, s, run = SourceMethodSettings.from_args(args), FinetuneSettings.from_args(args), RunSettings.from_args(args)
+    if src.method == UNCOMPRESSED and src.r:
+        raise TocomError(f"--method {UNCOMPRESSED} trains uncompressed, at --r 0; give a method for --r {src.r}")
     if args.chosen:
         from .search import read_chosen
 
@@ -212,11 +191,11 @@ def _finetune(args):
         raise TocomError(f"--score-split {args.score_split} overlaps the training split {s.split}; score on held-out data")
     spec = get_spec(args.dataset)
     model, meta = resolve_model(args.backbone, args.checkpoint, args.pretrained, num_classes=spec.num_classes)
-    _check_degree(model, "--r", [args.r])
+    _check_degree(model, "--r", [src.r])
     data = _dataset(args, model, s.split, s.limit, run.seed)
     train_classifier(model, data, args.out, {"backbone": meta["backbone"], "dataset": args.dataset,
                                              "model_kwargs": meta.get("model_kwargs", {})},
-                     s, run, method=args.method, r=args.r)
+                     s, run, method=src.method, r=src.r)
     if args.score_split:
         from .engine.evaluate import score
         from .models import load_model
@@ -263,19 +242,13 @@ def _read_plugins(specs: list[str]) -> dict:
     return plugins
 
 
-def _eval_method_arg(p):
-    p.add_argument("--method", default=None, choices=METHODS,
-                   help="token compression to evaluate under (default: the one the checkpoint was fine-tuned with; "
-                        "tome for a model fine-tuned uncompressed, at r = 0)")
-
-
 def _configure_evaluate(p):
     p.add_argument("--checkpoint", required=True, help="fine-tuned model (.safetensors from `tocom finetune`)")
     p.add_argument("--select-checkpoint", default=None,
                    help="companion model (same source r, trained without the selection split) that chooses s; "
                         "default: the evaluated model, if the selection split is held out from its training")
     _data_args(p, required=False, dataset_help="default: the dataset the checkpoint was fine-tuned on")
-    _eval_method_arg(p)
+    EvalMethodSettings.add_arguments(p)
     p.add_argument("--targets", nargs="+", type=int, required=True, metavar="R", help="target degrees")
     p.add_argument("--plugin", nargs="+", default=[], metavar="[LABEL=]PATH",
                    help="ToCom plugins (.safetensors), optionally labelled (e.g. shared=plugins/shared.safetensors); "
@@ -290,7 +263,7 @@ def _evaluate(args):
     from .engine.evaluate import cross_evaluate
     from .models import load_model
 
-    s, run = EvalSettings.from_args(args), RunSettings.from_args(args)
+    s, run, method = EvalSettings.from_args(args), RunSettings.from_args(args), EvalMethodSettings.from_args(args).method
     model, meta = load_model(args.checkpoint)
     args.dataset = args.dataset or meta.get("dataset")
     _check_degree(model, "target r", args.targets)
@@ -302,7 +275,7 @@ def _evaluate(args):
     splits = {name: _dataset(args, model, name, s.limit, run.seed) for name in s.splits
               if not (selector and name == s.select_split)}
     cross_evaluate(model, {**meta, "dataset": args.dataset}, splits, args.targets, plugins, s, run,
-                   selector=selector, out=args.out, method=args.method)
+                   selector=selector, out=args.out, method=method)
 
 
 _evaluate.configure = _configure_evaluate
@@ -315,7 +288,7 @@ def _configure_transfer(p):
     _data_args(p, required=False, dataset_help="B (default: the dataset of --model-b)")
     p.add_argument("--split", default="test", choices=SPLITS, help="split of B to score")
     p.add_argument("--target-r", type=int, required=True, help="degree the models run at (paper: 16)")
-    _eval_method_arg(p)
+    EvalMethodSettings.add_arguments(p)
     EvalSettings.add_arguments(p)
     RunSettings.add_arguments(p)
     p.add_argument("--out", required=True, help="CSV to write")
@@ -326,13 +299,13 @@ def _transfer(args):
     from .engine.evaluate import transfer
     from .models import load_model, read_state_dict
 
-    s, run = EvalSettings.from_args(args), RunSettings.from_args(args)
+    s, run, method = EvalSettings.from_args(args), RunSettings.from_args(args), EvalMethodSettings.from_args(args).method
     model, meta = load_model(args.model_b)
     args.dataset = args.dataset or meta.get("dataset")
     _check_degree(model, "--target-r", [args.target_r])
     data = _dataset(args, model, args.split, s.limit, run.seed)
     transfer(model, {**meta, "dataset": args.dataset}, read_state_dict(args.high_a), read_state_dict(args.low_a),
-             data, args.target_r, s, run, out=args.out, method=args.method)
+             data, args.target_r, s, run, out=args.out, method=method)
 
 
 _transfer.configure = _configure_transfer
@@ -350,7 +323,7 @@ def _configure_segment_finetune(p):
     _model_args(p, checkpoint_help="the encoder's ImageNet weights: tocom .safetensors (e.g. a pretrained tiny "
                 "backbone) or an official .pth with --backbone")
     _data_args(p, dataset_help="segmentation dataset: ade20k or fashion_mnist_seg")
-    p.add_argument("--r", type=int, default=0, help="source degree: tokens merged before each FFN while training")
+    SourceSettings.add_arguments(p)
     SegmentSettings.add_arguments(p)
     RunSettings.add_arguments(p)
     p.add_argument("--out", required=True, help="Segmenter checkpoint to write (.safetensors)")
@@ -362,7 +335,7 @@ def _segment_finetune(args):
     from .engine.segment import build_segmenter, segment_finetune
     from .models import read_meta
 
-    s, run = SegmentSettings.from_args(args), RunSettings.from_args(args)
+    src, s, run = SourceSettings.from_args(args), SegmentSettings.from_args(args), RunSettings.from_args(args)
     spec = get_spec(args.dataset)
     if spec.group != "segmentation":
         raise TocomError(f"{args.dataset} is not a segmentation dataset; use ade20k or fashion_mnist_seg")
@@ -373,7 +346,7 @@ def _segment_finetune(args):
         backbone = read_meta(args.checkpoint)["backbone"]
     model = build_segmenter(backbone, spec.num_classes, s, args.checkpoint, args.pretrained)
     data = _seg_dataset(args, s.split, s.limit, run.seed, s.crop_size)
-    segment_finetune(model, data, args.out, args.r, s, run,
+    segment_finetune(model, data, args.out, src.r, s, run,
                      record={"dataset": args.dataset, "checkpoint": args.checkpoint})
 
 

@@ -24,11 +24,13 @@ from .settings import (DENSE_METHODS, UNCOMPRESSED, BenchSettings, DistillSettin
 
 
 def validate_config(config: dict, schema_path: str | Path) -> None:
-    """Check `config` against the JSON schema; the most relevant violation as one TocomError line."""
+    """Check `config` against the JSON schema (the stage settings' parts generated from their dataclasses);
+    the most relevant violation as one TocomError line."""
     import jsonschema
-    import yaml
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    from .settings import config_schema
+
+    schema = config_schema(schema_path)
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "top level"

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from .errors import TocomError
 from .io import write_json
-
-SEARCHABLE = ("lr", "adapter_scale")
+from .settings import SEARCHABLE
 
 
 def candidate_label(overrides: dict) -> str:

@@ -8,9 +8,12 @@ default -> a function default) and Table 13 was written three times. Now a setti
         --CLI: parser built from the fields, Settings.from_args()--> the engine
         --> the output's metadata (asdict), which the report reads.
 
-Adding a hyper-parameter means one field here and one line in workflow/schemas/config.schema.yaml.
-Values are checked in `__post_init__`, so a bad value fails where it is written (config at
-start-up, CLI at parse time) with one line. Torch-free: the Snakefile imports this in every job.
+Adding a hyper-parameter means one field here: its flag, its config key's schema (type, choices,
+range, meaning, default: `Settings.json_schema`, filled into workflow/schemas/config.schema.yaml by
+`config_schema`) and its line in config/README.md (workflow/scripts/config_readme.py) follow from it.
+Values are checked in `__post_init__`, so a bad value fails where it is written (config at start-up,
+CLI at parse time) with one line. The command-line-only knobs (`--r`, `--method`, bench's `--threads`...)
+are small dataclasses of their own at the end. Torch-free: the Snakefile imports this in every job.
 """
 from __future__ import annotations
 
@@ -21,10 +24,12 @@ import shlex
 import types
 import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import ClassVar
 
 from .errors import TocomError
 
-METHODS = ("tome", "evit", "idle")
+METHODS = ("tome", "evit", "idle")   # token compression; the first (ToMe, the paper's main method) is the default
 UNCOMPRESSED = "none"              # a model fine-tuned at r = 0: nothing compressed, so no method applies
 DENSE_METHODS = ("tome_ffn",)      # dense prediction (Table 11): merged before each FFN, unmerged after
 VARIANTS = ("tocom", "shared", "no_inversion")
@@ -33,6 +38,11 @@ TEACHER_SIDES = ("source", "target")
 MODES = ("full", "adaptformer", "linear")
 TRAIN_SPLITS = ("train", "trainval")
 SPLITS = ("train", "val", "trainval", "test")
+BENCH_MODES = ("infer", "train")
+SEARCHABLE = ("lr", "adapter_scale")   # the FinetuneSettings fields a search varies (SearchSettings, in this order)
+#: s, the plugin's scale (Sec. 5.1): what a plugin trains at, what the inference grid is written for, and
+#: what `compensate` applies unless told otherwise.
+SCALE = 0.1
 
 #: Which official items each logical split holds (the data layer guarantees train and val are
 #: disjoint and trainval = train + val). Used to refuse selecting anything on training images.
@@ -77,6 +87,8 @@ class Settings:
                 if not optional:
                     raise TocomError(f"{self.stage}.{f.name} must be set")
                 continue
+            if seq and not isinstance(value, (list, tuple)):
+                raise TocomError(f"{self.stage}.{f.name} must be a list, got {value!r}")
             items = list(value) if seq else [value]
             if seq:
                 object.__setattr__(self, f.name, tuple(_coerce(self.stage, f.name, v, tp) for v in items))
@@ -131,22 +143,76 @@ class Settings:
             tp, seq, optional = _base_type(hints[f.name])
             flag = "--" + f.name.replace("_", "-")
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            help = f"{f.metadata['help']} (default: {default})"
+            choices = f.metadata["choices"]
+            help = f"{f.metadata['help']} ({f'one of {_choices(choices)}; ' if choices else ''}default: {default})"
             if tp is bool:
                 group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                    default=argparse.SUPPRESS, help=help)
                 continue
             group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=help,
                                type=_parser(tp, optional), nargs="+" if seq else None,
-                               metavar=f.name.upper(), choices=f.metadata["choices"])
+                               metavar=f.name.upper(), choices=choices)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace):
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
+    # ---- config schema ---------------------------------------------------------------------------
+    @classmethod
+    def json_schema(cls) -> dict:
+        """These settings as a config mapping's JSON schema: per field its type (nullable when Optional),
+        choices (enum), check (minimum/maximum), help (description) and default. Open: a use closes it
+        with `unevaluatedProperties: false`, so it may add keys of its own (e.g. distill's `dataset`)."""
+        hints = typing.get_type_hints(cls)
+        return {"type": "object", "description": " ".join(cls.__doc__.split()),
+                "properties": {f.name: _field_schema(f, hints[f.name]) for f in fields(cls)}}
+
     def fingerprint(self) -> dict:
         """What shapes a result (every field here does); stored with resume state and outputs."""
         return {"stage": self.stage, **self.asdict()}
+
+
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+_RANGES = {("positive", int): {"minimum": 1}, ("positive", float): {"exclusiveMinimum": 0},
+           ("nonneg", int): {"minimum": 0}, ("nonneg", float): {"minimum": 0},
+           ("unit", float): {"minimum": 0, "maximum": 1}}
+
+
+def _default(f):
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _field_schema(f, annotation) -> dict:
+    tp, seq, optional = _base_type(annotation)
+    schema = {"type": _JSON_TYPES[tp], **_RANGES.get((f.metadata["check"], tp), {})}
+    if f.metadata["choices"]:
+        schema["enum"] = list(f.metadata["choices"])
+    if seq:
+        schema = {"type": "array", "items": schema, "minItems": 1}
+    if optional:
+        schema["type"] = [schema["type"], "null"]
+    return {**schema, "description": f.metadata["help"], "default": _default(f)}
+
+
+def _subclasses(cls) -> list:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+
+
+def config_schema(path: str | Path) -> dict:
+    """The config schema: the hand-written YAML at `path` (top-level keys, studies, report, resources...)
+    with its `$defs` given one entry per settings dataclass (`#/$defs/DistillSettings`, ...) and the
+    method names (`#/$defs/METHODS`), so that no field, choice or range is written twice."""
+    import yaml
+
+    schema = yaml.safe_load(Path(path).read_text())
+    schema.setdefault("$defs", {}).update({c.__name__: c.json_schema() for c in _subclasses(Settings)},
+                                          METHODS={"type": "string", "enum": list(METHODS)})
+    return schema
+
+
+def _choices(choices) -> str:
+    return ", ".join("none" if c is None else str(c) for c in choices)
 
 
 def _fmt(v) -> str:
@@ -227,6 +293,13 @@ class PretrainSettings(TrainSettings):
     """Training the tiny backbone from scratch (the CPU stand-in for DeiT's ImageNet pretraining)."""
     stage = "pretrain"
     label_smoothing: float = setting(0.1, "label smoothing", check="unit")
+    # Fixed, not settings: the stand-in backbone trains every weight plainly (as every config has), and a
+    # field would change every backbone's recorded settings. `train_classifier` reads them like
+    # FinetuneSettings' fields.
+    mode: ClassVar[str] = "full"
+    drop_path: ClassVar[float] = 0.0
+    mixup: ClassVar[float] = 0.0
+    cutmix: ClassVar[float] = 0.0
 
 
 @dataclass(frozen=True)
@@ -238,7 +311,7 @@ class DistillSettings(TrainSettings):
     epochs: int = setting(10, "training epochs", check="positive")
     batch_size: int = setting(1024, "global batch size", check="positive")
     scale_lr: bool = setting(True, "DeiT's rule: the learning rate is lr x batch_size / 512")
-    method: str = setting("tome", "token compression the plugin compensates (tome_ffn: the segmentation plugin, "
+    method: str = setting(METHODS[0], "token compression the plugin compensates (tome_ffn: the segmentation plugin, "
                           "Table 11)", choices=METHODS + DENSE_METHODS)
     r_max: int = setting(16, "R: the plugin covers degrees 0..R", check="positive")
     r_step: int = setting(1, "degree step k: group i bridges k*i -> k*(i+1), degrees are multiples of k "
@@ -248,7 +321,7 @@ class DistillSettings(TrainSettings):
     rank: int = setting(2, "LoRA rank h of each group", check="positive")
     variant: str = setting("tocom", "tocom, or an ablation of Table 5", choices=VARIANTS)
     loss: str = setting("kd", "kd (Eq. 9), cls (Table 5) or features (L1, headless backbones)", choices=LOSSES)
-    scale: float = setting(0.1, "training scale s of the plugin", check="positive")
+    scale: float = setting(SCALE, "training scale s of the plugin", check="positive")
     teacher_side: str = setting("source", "source: student at n with P_m->n, teacher at m (authors' code); "
                                 "target: Eq. 8 as printed", choices=TEACHER_SIDES)
     temperature: float = setting(1.0, "KD temperature", check="positive")
@@ -316,7 +389,7 @@ class SearchSettings(Settings):
     def candidates(self) -> list[dict]:
         """Every combination of the searched settings, as field overrides of FinetuneSettings."""
         grid = [{}]
-        for name in ("lr", "adapter_scale"):
+        for name in SEARCHABLE:
             values = getattr(self, name)
             if values:
                 grid = [{**g, name: v} for g in grid for v in values]
@@ -330,7 +403,7 @@ class EvalSettings(Settings):
     scales: tuple[float, ...] = setting([0.01, 0.02, 0.05, 0.08, 0.1, 0.12, 0.15],
                                         "inference scale grid s (Sec. 5.1), for a plugin trained at s = grid_scale",
                                         check="positive")
-    grid_scale: float = setting(0.1, "training s the grid is written for; a plugin trained at another s is "
+    grid_scale: float = setting(SCALE, "training s the grid is written for; a plugin trained at another s is "
                                 "evaluated on the grid x (its s / grid_scale) (Table 6)", check="positive")
     splits: tuple[str, ...] = setting(["val", "test"], "splits to report", choices=SPLITS)
     select_split: str = setting("val", "split that picks s (never one the selecting model trained on)",
@@ -355,5 +428,51 @@ class BenchSettings(Settings):
     switch_repeats: int = setting(50, "plugin check: timed switches (and floors) per move", check="positive")
 
 
-STAGES = {cls.stage: cls for cls in (PretrainSettings, DistillSettings, FinetuneSettings, SearchSettings,
-                                     EvalSettings, BenchSettings, RunSettings)}
+
+# ---- command-line-only settings: what a command is pointed at, which the workflow gives per job ----------
+@dataclass(frozen=True)
+class SweepSettings(Settings):
+    """What `tocom flops` and `tocom bench` measure: one backbone under one method over a ladder of degrees."""
+    stage = "sweep"
+    model: str = setting("deit_base_patch16_224", "timm backbone name")
+    method: str = setting(METHODS[0], "token compression", choices=METHODS)
+    r: tuple[int, ...] = setting([0, 2, 4, 8, 12, 16], "compression degrees (tokens merged/pruned/idled per layer)",
+                                 check="nonneg")
+
+
+@dataclass(frozen=True)
+class MeasureSettings(SweepSettings):
+    """`tocom bench`'s sweep, and what it times where (BenchSettings, from the config, says how often)."""
+    stage = "measure"
+    mode: str = setting("infer", "time inference (no grad) or training steps (forward, backward, SGD step)",
+                        choices=BENCH_MODES)
+    plugin_check: bool = setting(False, "instead of Fig. 3, check the deployment claims with a random merged ToCom "
+                                 "plugin: inference images/s merged vs plain at each r, and Compensation.switch() "
+                                 "latency vs its floor (one rank-k addmm_ into each W_q/W_v); float32 inference only")
+    device: str | None = setting(None, "torch device, e.g. cpu or cuda (none: cuda when available)")
+    amp: bool = setting(False, "bfloat16 autocast (CPU included: timings are float32 unless asked)")
+    threads: int | None = setting(None, "torch CPU threads (none: torch's default)", check="positive")
+
+
+@dataclass(frozen=True)
+class SourceSettings(Settings):
+    """The source degree a model is fine-tuned at (`tocom segment-finetune`; with its method, `tocom finetune`)."""
+    stage = "source"
+    r: int = setting(0, "source degree: tokens compressed per layer while training", check="nonneg")
+
+
+@dataclass(frozen=True)
+class SourceMethodSettings(SourceSettings):
+    """The source degree and the compression active while `tocom finetune` trains."""
+    method: str = setting(METHODS[0], f"token compression active while training; irrelevant at r = 0, where nothing "
+                          f"is compressed (the checkpoint records method {UNCOMPRESSED!r} whatever this says)",
+                          choices=METHODS + (UNCOMPRESSED,))
+
+
+@dataclass(frozen=True)
+class EvalMethodSettings(Settings):
+    """The compression `tocom evaluate` and `tocom transfer` run the models under."""
+    stage = "method"
+    method: str | None = setting(None, f"token compression to evaluate under (none: the one the checkpoint was "
+                                 f"fine-tuned with; {METHODS[0]} for a model fine-tuned uncompressed, at r = 0)",
+                                 choices=METHODS + (None,))

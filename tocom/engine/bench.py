@@ -60,19 +60,20 @@ from ..compress import flops, max_r, patch, set_r
 from ..errors import TocomError
 from ..io import write_csv
 from ..models import create_backbone
+from ..settings import BenchSettings, MeasureSettings
 
 PLUGIN_COLUMNS = ["model", "method", "device", "threads", "batch_size", "plugin_rank", "kind", "source_r",
                   "target_r", "from_r", "k", "repeats", "value", "value_std", "reference", "reference_std", "ratio", "unit"]
 
 
-def _setup(model_name: str, method: str, rs: Sequence[int], device: str | None, threads: int | None):
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if threads:
-        torch.set_num_threads(threads)
-    model = patch(create_backbone(model_name), method).to(device)
+def _setup(m: MeasureSettings, rs: Sequence[int]):
+    device = torch.device(m.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if m.threads:
+        torch.set_num_threads(m.threads)
+    model = patch(create_backbone(m.model), m.method).to(device)
     too_big = [r for r in rs if r > max_r(model)]
     if too_big:
-        raise TocomError(f"r {too_big} exceeds what {model_name} carries (max r = {max_r(model)} for "
+        raise TocomError(f"r {too_big} exceeds what {m.model} carries (max r = {max_r(model)} for "
                          f"{model.patch_embed.num_patches} patch tokens over {len(model.blocks)} blocks)")
     return model, device
 
@@ -100,40 +101,38 @@ def _step(model: torch.nn.Module, x: torch.Tensor, mode: str, optimizer) -> None
         optimizer.step()
 
 
-def bench(model_name: str = "deit_base_patch16_224", method: str = "tome", rs: Sequence[int] = (0, 2, 4, 8, 12, 16),
-          mode: str = "infer", batch_size: int = 8, warmup: int = 2, repeats: int = 5, device: str | None = None,
-          amp: bool = False, threads: int | None = None, out: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
-    """Measure throughput at each r. Returns (and optionally writes) one row per (r, mode)."""
-    if mode not in ("infer", "train"):
-        raise TocomError(f"--mode must be 'infer' or 'train', got {mode!r}")
-    model, device = _setup(model_name, method, rs, device, threads)
-    model.train(mode == "train")
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6) if mode == "train" else None
-    size = model.patch_embed.img_size
-    x = torch.randn(batch_size, 3, *size, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+def _stats(values: list[float]) -> tuple[float, float]:
+    return statistics.median(values), statistics.pstdev(values)
+
+
+def bench(m: MeasureSettings, s: BenchSettings, out: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Measure throughput at each r of the sweep in `m.mode`. Returns (and optionally writes) one row per r."""
+    model, device = _setup(m, m.r)
+    model.train(m.mode == "train")
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6) if m.mode == "train" else None
+    x = torch.randn(s.batch_size, 3, *model.patch_embed.img_size, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=m.amp)
     time_it = _timer(device)
     # Warm up at every r before timing any (the first steps of a process, allocator growth, kernel
     # selection, autograd set-up, would otherwise be charged to the first r), then time the degrees
     # round-robin, so a slow spell of a shared machine hits every r alike instead of one.
     with autocast:
-        for r in rs:
+        for r in m.r:
             set_r(model, r)
-            for _ in range(warmup):
-                _step(model, x, mode, optimizer)
-    times = {r: [] for r in rs}
+            for _ in range(s.warmup):
+                _step(model, x, m.mode, optimizer)
+    times = {r: [] for r in m.r}
     with autocast:
-        for _ in tqdm(range(repeats), desc=f"bench {model_name} {method} {mode}", disable=not progress):
-            for r in rs:
+        for _ in tqdm(range(s.repeats), desc=f"bench {m.model} {m.method} {m.mode}", disable=not progress):
+            for r in m.r:
                 set_r(model, r)
-                times[r].append(time_it(lambda: _step(model, x, mode, optimizer)))
+                times[r].append(time_it(lambda: _step(model, x, m.mode, optimizer)))
     rows = []
-    for r in rs:
-        ips = [batch_size / t for t in times[r]]
-        rows.append(dict(model=model_name, method=method, r=r, mode=mode, device=device.type,
-                         threads=torch.get_num_threads(), batch_size=batch_size, repeats=repeats,
-                         images_per_s=statistics.median(ips), images_per_s_std=statistics.pstdev(ips),
-                         gflops=flops(model, r)["gflops"]))
+    for r in m.r:
+        ips, ips_std = _stats([s.batch_size / t for t in times[r]])
+        rows.append(dict(model=m.model, method=m.method, r=r, mode=m.mode, device=device.type,
+                         threads=torch.get_num_threads(), batch_size=s.batch_size, repeats=s.repeats,
+                         images_per_s=ips, images_per_s_std=ips_std, gflops=flops(model, r)["gflops"]))
     df = pd.DataFrame(rows)
     base = df.loc[df.r == 0]
     if len(base):
@@ -144,114 +143,136 @@ def bench(model_name: str = "deit_base_patch16_224", method: str = "tome", rs: S
     return df
 
 
-def bench_plugin(model_name: str = "deit_base_patch16_224", method: str = "tome",
-                 rs: Sequence[int] = (0, 2, 4, 8, 12, 16), source_r: int = 0, rank: int = 2, batch_size: int = 8,
-                 warmup: int = 2, repeats: int = 5, switch_repeats: int = 50, device: str | None = None,
-                 threads: int | None = None, seed: int = 0, out: str | Path | None = None,
+# ---- the plugin check: two benchmarks on one model and one random plugin ------------------------------
+def bench_plugin(m: MeasureSettings, s: BenchSettings, out: str | Path | None = None,
                  progress: bool = True) -> pd.DataFrame:
     """Merged-plugin throughput against the plain model, and switch latency against its floor.
 
     Returns (and optionally writes) the tidy table described in the module docstring.
     """
-    from ..plugin import Compensation, ToCom
-
-    if repeats < 1 or switch_repeats < 1:
-        raise TocomError(f"--repeats and --switch-repeats must be >= 1, got {repeats} and {switch_repeats}")
-    model, device = _setup(model_name, method, list(rs) + [source_r], device, threads)
+    model, device = _setup(m, [*m.r, s.source_r])
     model.eval()
-    r_start = list(model._tocom_state.r)
-    r_max = max_r(model)
-    torch.manual_seed(seed)
-    plugin = ToCom.for_model(model, r_max=r_max, rank=rank).to(device)
+    plugin = _random_plugin(model, s.plugin_rank, device)
+    x = torch.randn(s.batch_size, 3, *model.patch_embed.img_size, device=device)
+    time_it = _timer(device)
+    base = dict(model=m.model, method=m.method, device=device.type, threads=torch.get_num_threads(),
+                batch_size=s.batch_size, plugin_rank=s.plugin_rank)
+    rows = _merged_throughput(model, plugin, x, m.r, s, time_it, progress, desc=f"plugin throughput {m.model} {m.method}")
+    rows += _switch_latency(model, plugin, m.r, s, time_it)
+    df = pd.DataFrame([dict(base, **row) for row in rows], columns=PLUGIN_COLUMNS)
+    df["from_r"] = df.from_r.astype("Int64")      # empty for throughput rows
+    if out:
+        write_csv(df, out)
+    return df
+
+
+def _random_plugin(model: torch.nn.Module, rank: int, device: torch.device):
+    """A plugin covering every degree the model carries, with B != 0 (a fresh one would merge nothing); the
+    same in every run (seed 0: speed does not depend on its values)."""
+    from ..plugin import ToCom
+
+    torch.manual_seed(0)
+    plugin = ToCom.for_model(model, r_max=max_r(model), rank=rank).to(device)
     plugin.requires_grad_(False)
-    with torch.no_grad():           # a trained plugin has B != 0; a fresh one would merge nothing
+    with torch.no_grad():
         for b in plugin.B.values():
             b.normal_(0, 0.02)
-    x = torch.randn(batch_size, 3, *model.patch_embed.img_size, device=device)
-    time_it = _timer(device)
-    base = dict(model=model_name, method=method, device=device.type, threads=torch.get_num_threads(),
-                batch_size=batch_size, plugin_rank=rank)
-    # One compensation per source degree, all made while the weights are the original ones (each
-    # stashes them); switching one to its own source restores the original weights exactly.
-    comps: dict[int, Compensation] = {}
+    return plugin
 
-    def comp(m: int, set_degree: bool) -> Compensation:
-        key = (m, set_degree)
-        if key not in comps:
-            comps[key] = Compensation(model, plugin, m, m, merge=True, set_degree=set_degree)
-        return comps[key]
+
+def _compensations(model, plugin, sources, set_degree: bool) -> dict:
+    """One merged compensation per source degree, all made while the weights are the original ones (each
+    stashes them): switching one to its own source restores the original weights exactly."""
+    from ..plugin import Compensation
+
+    return {m: Compensation(model, plugin, m, m, merge=True, set_degree=set_degree) for m in dict.fromkeys(sources)}
+
+
+def _remove(comps: dict) -> None:
+    for c in reversed(list(comps.values())):
+        c.remove()                  # original weights, and r as it was before each was made
+
+
+def _merged_throughput(model, plugin, x, rs, s: BenchSettings, time_it, progress: bool, desc: str) -> list[dict]:
+    """Per r: images/s with the plugin's move to r merged into the weights vs the plain model at r."""
+    r_start = list(model._tocom_state.r)
+    alt = plugin.r_max if s.source_r != plugin.r_max else 0
+    moves = [(s.source_r if r != s.source_r else alt, r) for r in rs]
+    comps = _compensations(model, plugin, [m for m, _ in moves], set_degree=False)
 
     def infer():
         with torch.inference_mode():
             model(x)
 
-    # ---- merged vs plain throughput, per r -----------------------------------------------------
-    alt = r_max if source_r != r_max else 0
-    moves = [(source_r if r != source_r else alt, r) for r in rs]
-    for m, _ in moves:
-        comp(m, set_degree=False)
     for m, r in moves:              # warm up every (r, weights) pair before timing any
         set_r(model, r)
         for state in (m, r):
-            comp(m, False).switch(state)
-            for _ in range(warmup):
+            comps[m].switch(state)
+            for _ in range(s.warmup):
                 infer()
     plain = {r: [] for r in rs}
     merged = {r: [] for r in rs}
-    for i in tqdm(range(repeats), desc=f"plugin throughput {model_name} {method}", disable=not progress):
+    for i in tqdm(range(s.repeats), desc=desc, disable=not progress):
         for m, r in moves:          # round-robin over r; plain and merged back to back, order alternating
             set_r(model, r)
             for state in ((m, r) if i % 2 == 0 else (r, m)):
-                comp(m, False).switch(state)
+                comps[m].switch(state)
                 (plain if state == m else merged)[r].append(time_it(infer))
-    comp(moves[0][0], False).switch(moves[0][0])       # original weights
+    _remove(comps)
     set_r(model, r_start)
     rows = []
     for m, r in moves:
-        ips_plain = [batch_size / t for t in plain[r]]
-        ips_merged = [batch_size / t for t in merged[r]]
-        rows.append(dict(base, kind="merged_throughput", source_r=m, target_r=r, k=abs(r - m) * rank,
-                         repeats=repeats, value=statistics.median(ips_merged),
-                         value_std=statistics.pstdev(ips_merged), reference=statistics.median(ips_plain),
-                         reference_std=statistics.pstdev(ips_plain),
+        ips_plain = [s.batch_size / t for t in plain[r]]
+        ips_merged = [s.batch_size / t for t in merged[r]]
+        (value, value_std), (ref, ref_std) = _stats(ips_merged), _stats(ips_plain)
+        rows.append(dict(kind="merged_throughput", source_r=m, target_r=r, k=abs(r - m) * s.plugin_rank,
+                         repeats=s.repeats, value=value, value_std=value_std, reference=ref, reference_std=ref_std,
                          ratio=statistics.median(a / b for a, b in zip(ips_merged, ips_plain)), unit="images/s"))
+    return rows
 
-    # ---- switch latency against the floor ------------------------------------------------------
-    switches = [(source_r, n) for n in rs if n != source_r]
-    if (0, r_max) not in switches:
-        switches.append((0, r_max))
-    d = plugin.dim
-    rows_of = [(blk.attn.qkv.weight[:d], blk.attn.qkv.weight[2 * d:3 * d]) for blk in model.blocks]
+
+def _floor(model, dim: int, ks) -> Callable[[int], None]:
+    """floor(k): one rank-k addmm_ into each block's W_q and W_v rows, the least a switch of rank k
+    can cost (random factors seeded by k, small enough to leave the weights usable)."""
+    rows_of = [(blk.attn.qkv.weight[:dim], blk.attn.qkv.weight[2 * dim:3 * dim]) for blk in model.blocks]
     w = model.blocks[0].attn.qkv.weight
-    floor_factors = {}
-    for m, n in switches:
-        k = len(plugin.coefficients(m, n)) * rank
-        if k not in floor_factors:
-            gen = torch.Generator().manual_seed(k)
-            a = torch.randn(len(model.blocks), 2, k, d, generator=gen).to(w.device, w.dtype)
-            b = (torch.randn(len(model.blocks), 2, d, k, generator=gen) * 1e-3).to(w.device, w.dtype)
-            floor_factors[k] = (a, b)
+    factors = {}
+    for k in ks:
+        gen = torch.Generator().manual_seed(k)
+        a = torch.randn(len(model.blocks), 2, k, dim, generator=gen).to(w.device, w.dtype)
+        b = (torch.randn(len(model.blocks), 2, dim, k, generator=gen) * 1e-3).to(w.device, w.dtype)
+        factors[k] = (a, b)
 
     @torch.no_grad()
     def floor(k: int) -> None:
-        a, b = floor_factors[k]
+        a, b = factors[k]
         for layer, (wq, wv) in enumerate(rows_of):
             wq.addmm_(b[layer, 0], a[layer, 0])
             wv.addmm_(b[layer, 1], a[layer, 1])
+    return floor
 
-    def neighbour(m: int, n: int) -> int | None:
-        """The degree a retarget to n leaves: n - 1, or n + 1 when n - 1 is the source (None if neither fits)."""
-        return next((o for o in (n - 1, n + 1) if 0 <= o <= r_max and o not in (m, n)), None)
 
-    for m, _ in switches:
-        comp(m, set_degree=True)
+def _neighbour(m: int, n: int, r_max: int) -> int | None:
+    """The degree a retarget to n leaves: n - 1, or n + 1 when n - 1 is the source (None if neither fits)."""
+    return next((o for o in (n - 1, n + 1) if 0 <= o <= r_max and o not in (m, n)), None)
+
+
+def _switch_latency(model, plugin, rs, s: BenchSettings, time_it) -> list[dict]:
+    """Per move source_r -> n (and 0 -> r_max): one `switch(n)` timed from the source and from a
+    neighbouring target, against the floor of the same rank k."""
+    switches = [(s.source_r, n) for n in rs if n != s.source_r]
+    if (0, plugin.r_max) not in switches:
+        switches.append((0, plugin.r_max))
+    k_of = {mv: len(plugin.coefficients(*mv)) * s.plugin_rank for mv in switches}
+    floor = _floor(model, plugin.dim, dict.fromkeys(k_of.values()))
+    comps = _compensations(model, plugin, [m for m, _ in switches], set_degree=True)
     # per move: the from-states timed (the source itself: entering; a neighbouring target: retargeting)
-    starts = {(m, n): [f for f in (m, neighbour(m, n)) if f is not None] for m, n in switches}
+    starts = {(m, n): [f for f in (m, _neighbour(m, n, plugin.r_max)) if f is not None] for m, n in switches}
     sw = {(mv, f): [] for mv in switches for f in starts[mv]}
     fl = {mv: [] for mv in switches}
-    for i in range(-warmup, switch_repeats):
+    for i in range(-s.warmup, s.switch_repeats):
         for m, n in switches:
-            c, k = comp(m, True), len(plugin.coefficients(m, n)) * rank
+            c, k = comps[m], k_of[(m, n)]
             tasks = [(m, fl[(m, n)], lambda: floor(k))]
             tasks += [(f, sw[((m, n), f)], lambda: c.switch(n)) for f in starts[(m, n)]]
             for state, store, fn in (tasks if i % 2 == 0 else tasks[::-1]):
@@ -259,19 +280,14 @@ def bench_plugin(model_name: str = "deit_base_patch16_224", method: str = "tome"
                 t = time_it(fn)
                 if i >= 0:
                     store.append(t * 1e3)
-    for c in reversed(list(comps.values())):
-        c.remove()                  # original weights, and r as it was before each was made
-    for m, n in switches:
-        f = fl[(m, n)]
-        for start in starts[(m, n)]:
-            s = sw[((m, n), start)]
-            rows.append(dict(base, kind="switch", source_r=m, target_r=n, from_r=start,
-                             k=len(plugin.coefficients(m, n)) * rank, repeats=switch_repeats,
-                             value=statistics.median(s), value_std=statistics.pstdev(s),
-                             reference=statistics.median(f), reference_std=statistics.pstdev(f),
-                             ratio=statistics.median(a / b for a, b in zip(s, f)), unit="ms"))
-    df = pd.DataFrame(rows, columns=PLUGIN_COLUMNS)
-    df["from_r"] = df.from_r.astype("Int64")      # empty for throughput rows
-    if out:
-        write_csv(df, out)
-    return df
+    _remove(comps)
+    rows = []
+    for mv in switches:
+        ref, ref_std = _stats(fl[mv])
+        for start in starts[mv]:
+            value, value_std = _stats(sw[(mv, start)])
+            rows.append(dict(kind="switch", source_r=mv[0], target_r=mv[1], from_r=start, k=k_of[mv],
+                             repeats=s.switch_repeats, value=value, value_std=value_std, reference=ref,
+                             reference_std=ref_std, unit="ms",
+                             ratio=statistics.median(a / b for a, b in zip(sw[(mv, start)], fl[mv]))))
+    return rows

@@ -15,17 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adapters import add_adapters
-from ..compress import METHODS, max_r, patch, set_r
+from ..compress import max_r, patch, set_r
 from ..errors import TocomError
 from ..models import save_model
-from ..settings import UNCOMPRESSED, FinetuneSettings, PretrainSettings, RunSettings
+from ..settings import METHODS, UNCOMPRESSED, FinetuneSettings, PretrainSettings, RunSettings
 from .common import Fit, Runtime, finish, fit, loader, runtime, seed_everything, set_drop_path
 
 
 class Classification(nn.Module):
     """forward(images, labels) -> cross-entropy (with label smoothing, or soft targets under mixup)."""
 
-    def __init__(self, model: nn.Module, label_smoothing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0):
+    def __init__(self, model: nn.Module, label_smoothing: float, mixup: float, cutmix: float):
         super().__init__()
         self.model = model
         self.mixup = None
@@ -46,13 +46,13 @@ class Classification(nn.Module):
 
 def train_classifier(model: nn.Module, train_set, out: str | Path, meta: dict,
                      s: FinetuneSettings | PretrainSettings | None = None, run: RunSettings | None = None,
-                     method: str = "tome", r: int = 0, rt: Runtime | None = None) -> nn.Module:
+                     method: str = UNCOMPRESSED, r: int = 0, rt: Runtime | None = None) -> nn.Module:
     """Train `model` on `train_set` with `method` at degree `r`; save it (weights + settings) to `out`.
 
     At r = 0 nothing is compressed, whatever `method` (UNCOMPRESSED included): the run is the same for
     every method and the checkpoint records method UNCOMPRESSED."""
     s, run = s or FinetuneSettings(), run or RunSettings()
-    mode = getattr(s, "mode", "full")
+    mode = s.mode
     if method == UNCOMPRESSED and r:
         raise TocomError(f"method {UNCOMPRESSED!r} trains uncompressed, at r = 0; got r={r}")
     patch(model, METHODS[0] if method == UNCOMPRESSED else method)
@@ -63,7 +63,7 @@ def train_classifier(model: nn.Module, train_set, out: str | Path, meta: dict,
     set_r(model, r)
     rt = rt or runtime(run.device, run.amp)
     seed_everything(run.seed)
-    set_drop_path(model, getattr(s, "drop_path", 0.0))
+    set_drop_path(model, s.drop_path)
     if mode != "full":
         for p in model.parameters():
             p.requires_grad_(False)
@@ -72,7 +72,7 @@ def train_classifier(model: nn.Module, train_set, out: str | Path, meta: dict,
         for p in model.get_classifier().parameters():
             p.requires_grad_(True)
     model.to(rt.device)
-    job = Fit(Classification(model, s.label_smoothing, getattr(s, "mixup", 0.0), getattr(s, "cutmix", 0.0)),
+    job = Fit(Classification(model, s.label_smoothing, s.mixup, s.cutmix),
               epochs=s.epochs, lr=s.effective_lr, weight_decay=s.weight_decay, warmup_epochs=s.warmup_epochs,
               min_lr=s.min_lr, desc=f"train r={r}")
     fingerprint = {**s.fingerprint(), "method": method, "r": r, "seed": run.seed, **meta}

@@ -21,13 +21,14 @@ from torch import nn
 
 from ..compress import is_patched, set_r
 from ..errors import TocomError
+from ..settings import SCALE
 from .tocom import ToCom
 
 
 class Compensation:
     """A plugin applied to a model for one source -> target move; undo with `remove()` or `with`."""
 
-    def __init__(self, model: nn.Module, plugin: ToCom, source_r: int, target_r: int, scale: float = 0.1,
+    def __init__(self, model: nn.Module, plugin: ToCom, source_r: int, target_r: int, scale: float = SCALE,
                  merge: bool = True, set_degree: bool = True, strict_backbone: bool = True, dropout: float = 0.0):
         plugin.check_fits(model, strict_backbone=strict_backbone)
         if dropout and merge:
@@ -175,7 +176,7 @@ class Compensation:
         self._hooks, self._factors = [], None
 
 
-def compensate(model: nn.Module, plugin: ToCom, source_r: int = 0, target_r: int = 0, scale: float = 0.1,
+def compensate(model: nn.Module, plugin: ToCom, source_r: int = 0, target_r: int = 0, scale: float = SCALE,
                merge: bool = True, set_degree: bool = True, strict_backbone: bool = True,
                dropout: float = 0.0) -> Compensation:
     """Run `model` (fine-tuned at `source_r`) at `target_r` with the plugin's m -> n compensation.
