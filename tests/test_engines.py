@@ -377,3 +377,4 @@ def test_r0_fine_tune_records_no_method_and_is_evaluated_under_any(tmp_path):
     _cli("transfer", "--model-b", ft, "--high-a", ft2, "--low-a", ft, "--target-r", 2, "--limit", 16,
          "--batch-size", 16, "--method", "evit", "--out", out)
     assert set(pd.read_csv(out).method) == {"evit"}
+    assert set(pd.read_csv(out).model) == {"M0_B", "M2_A-M0_A+M0_B"}     # named after --high-a's own degree

@@ -297,7 +297,7 @@ def _configure_transfer(p):
 @command("transfer", "task-arithmetic check (Table 1): M_16^A - M_0^A + M_0^B evaluated on B")
 def _transfer(args):
     from .engine.evaluate import transfer
-    from .models import load_model, read_state_dict
+    from .models import load_model, read_meta, read_state_dict
 
     s, run, method = EvalSettings.from_args(args), RunSettings.from_args(args), EvalMethodSettings.from_args(args).method
     model, meta = load_model(args.model_b)
@@ -305,7 +305,7 @@ def _transfer(args):
     _check_degree(model, "--target-r", [args.target_r])
     data = _dataset(args, model, args.split, s.limit, run.seed)
     transfer(model, {**meta, "dataset": args.dataset}, read_state_dict(args.high_a), read_state_dict(args.low_a),
-             data, args.target_r, s, run, out=args.out, method=method)
+             data, args.target_r, s, run, out=args.out, method=method, high_r=int(read_meta(args.high_a)["source_r"]))
 
 
 _transfer.configure = _configure_transfer

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import layout
 from .errors import TocomError
 from .layout import GENERATED_FAMILY
-from .settings import (DENSE_METHODS, UNCOMPRESSED, BenchSettings, DistillSettings, EvalSettings, FinetuneSettings,
+from .settings import (DENSE_METHODS, UNCOMPRESSED, BenchSettings, config_schema, DistillSettings, EvalSettings, FinetuneSettings,
                        PretrainSettings, SearchSettings, SegmentSettings, TaskSettings, splits_overlap)
 
 
@@ -27,8 +27,6 @@ def validate_config(config: dict, schema_path: str | Path) -> None:
     """Check `config` against the JSON schema (the stage settings' parts generated from their dataclasses);
     the most relevant violation as one TocomError line."""
     import jsonschema
-
-    from .settings import config_schema
 
     schema = config_schema(schema_path)
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
@@ -95,6 +93,17 @@ def resolve_variants(config: dict) -> dict[str, dict]:
     named like one of the paper's replaces it)."""
     main = {k: v for k, v in config["distill"].items() if k != "dataset"}
     return {**paper_variants(DistillSettings.from_mapping(main, "distill")), **(config.get("variants") or {})}
+
+
+def config_digest(config: dict) -> str:
+    """What a run computed from, as 16 hex digits: the sha256 of the config with its plugin variants resolved
+    (`resolve_variants`), as canonical JSON. Comments, key order and spelling out a paper variant do not change
+    it; any value that reaches a step does."""
+    import hashlib
+    import json
+
+    resolved = {**config, "variants": resolve_variants(config)}
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class _Laid:

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from ..errors import TocomError
+from ..settings import METHODS
 from .merge import capped_r, whole_sequence
 from .patch import is_patched, method_of, per_layer_r, token_schedule
 
@@ -30,7 +31,7 @@ def flops(model: torch.nn.Module, r: int | Sequence[int] = 0, method: str | None
     if getattr(model, "tocom_backbone", None) is not None:
         raise TocomError(f"flops counts a ViT, not a {type(model).__name__} around one; count a Segmenter with "
                          "tocom.segment.segmenter_flops")
-    method = method or method_of(model) or "tome"
+    method = method or method_of(model) or METHODS[0]
     depth = len(model.blocks)
     r = per_layer_r(r, depth)
     blk = model.blocks[0]

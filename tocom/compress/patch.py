@@ -33,12 +33,11 @@ from timm.layers import Attention
 from timm.models.vision_transformer import Block
 
 from ..errors import TocomError
+from ..settings import DENSE_METHODS, METHODS
 from .idle import select_active
 from .merge import bipartite_soft_matching, capped_r, merge_plan, merge_wavg, unmerge
 from .prune import evit_prune
 
-METHODS = ("tome", "evit", "idle")          # classification: tokens fall layer by layer, one r ladder
-DENSE_METHODS = ("tome_ffn",)               # dense prediction: merged before each MLP, unmerged after
 ALL_METHODS = METHODS + DENSE_METHODS
 
 
@@ -220,7 +219,7 @@ def _vit(model: torch.nn.Module) -> torch.nn.Module:
     return model if inner is None else inner
 
 
-def patch(model: torch.nn.Module, method: str = "tome") -> torch.nn.Module:
+def patch(model: torch.nn.Module, method: str = METHODS[0]) -> torch.nn.Module:
     """Make `model` compress tokens with `method` ("tome", "evit", "idle" or "tome_ffn"). In place, idempotent.
 
     Patching again with another method switches method and keeps r. Returns the model (a wrapper

@@ -27,7 +27,7 @@ from ..compress import max_r, method_of, patch, set_r
 from ..errors import TocomError
 from ..io import write_csv, write_json
 from ..plugin import ToCom
-from ..settings import UNCOMPRESSED, EvalSettings, RunSettings, splits_overlap
+from ..settings import METHODS, UNCOMPRESSED, EvalSettings, RunSettings, splits_overlap
 from .common import accuracy, evaluate_targets, loader, runtime
 
 COLUMNS = ["dataset", "backbone", "method", "source_r", "target_r", "tocom", "variant", "s", "split", "seed",
@@ -52,7 +52,7 @@ def resolve_method(meta: dict, model: nn.Module, method: str | None = None) -> s
             print(f"[tocom] warning: the model was fine-tuned with {trained} at r={meta['source_r']}; "
                   f"evaluating it with {method}", file=sys.stderr)
         return method
-    return trained if trained and trained != UNCOMPRESSED else method_of(model) or "tome"
+    return trained if trained and trained != UNCOMPRESSED else method_of(model) or METHODS[0]
 
 
 def check_selection(meta: dict, select_split: str, what: str) -> None:
@@ -137,9 +137,10 @@ def task_arithmetic(high_a: dict, low_a: dict, low_b: dict) -> dict:
 
 def transfer(model_b: nn.Module, meta_b: dict, high_a: dict, low_a: dict, test_set, target_r: int,
              s: EvalSettings | None = None, run: RunSettings | None = None,
-             out: str | Path | None = None, method: str | None = None) -> pd.DataFrame:
-    """Table 1: top-1 on B at `target_r` of M_0^B and of M_16^A - M_0^A + M_0^B, under `method`
-    (`resolve_method`: default, the one M_0^B records, i.e. ToMe for the uncompressed r = 0 model)."""
+             out: str | Path | None = None, method: str | None = None, high_r: int = 16) -> pd.DataFrame:
+    """Table 1: top-1 on B at `target_r` of M_0^B and of M_high^A - M_0^A + M_0^B (`high_r`: the degree M_high^A
+    was fine-tuned at, 16 in the paper; it names the row), under `method` (`resolve_method`: default, the one
+    M_0^B records, i.e. ToMe for the uncompressed r = 0 model)."""
     s, run = s or EvalSettings(), run or RunSettings()
     rt = runtime(run.device, run.amp)
     method = resolve_method(meta_b, model_b, method)
@@ -155,7 +156,7 @@ def transfer(model_b: nn.Module, meta_b: dict, high_a: dict, low_a: dict, test_s
     plain = {k: v.clone() for k, v in model_b.state_dict().items()}
     arith = task_arithmetic({k: v.to(rt.device) for k, v in high_a.items()},
                             {k: v.to(rt.device) for k, v in low_a.items()}, plain)
-    for name, state in (("M0_B", plain), ("M16_A-M0_A+M0_B", arith)):
+    for name, state in (("M0_B", plain), (f"M{high_r}_A-M0_A+M0_B", arith)):
         model_b.load_state_dict(state)
         top1, n = accuracy(model_b, data, rt, progress, desc=name)
         rows.append(dict(dataset=meta_b.get("dataset", ""), backbone=meta_b.get("backbone", ""),

@@ -29,15 +29,17 @@ from torch import nn
 
 from ..errors import TocomError
 from ..io import header_json, read_safetensors, read_safetensors_header, write_safetensors
+from ..settings import VARIANTS, DistillSettings
 
-VARIANTS = ("tocom", "shared", "no_inversion")
+_DEFAULT = DistillSettings()     # a plugin made here without settings gets the distillation defaults
 PROJECTIONS = ("q", "v")
 FORMAT_VERSION = 1
 
 
 class ToCom(nn.Module):
-    def __init__(self, depth: int, dim: int, r_max: int = 16, rank: int = 2, variant: str = "tocom",
-                 backbone: str = "", method: str = "tome", r_step: int = 1):
+    def __init__(self, depth: int, dim: int, r_max: int = _DEFAULT.r_max, rank: int = _DEFAULT.rank,
+                 variant: str = _DEFAULT.variant, backbone: str = "", method: str = _DEFAULT.method,
+                 r_step: int = _DEFAULT.r_step):
         super().__init__()
         if variant not in VARIANTS:
             raise TocomError(f"unknown ToCom variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -60,13 +62,13 @@ class ToCom(nn.Module):
             self.B[p] = nn.Parameter(torch.zeros(groups, depth, dim, rank))
 
     @classmethod
-    def for_model(cls, model: nn.Module, r_max: int = 16, rank: int = 2, variant: str = "tocom",
-                  r_step: int = 1) -> "ToCom":
+    def for_model(cls, model: nn.Module, r_max: int = _DEFAULT.r_max, rank: int = _DEFAULT.rank,
+                  variant: str = _DEFAULT.variant, r_step: int = _DEFAULT.r_step) -> "ToCom":
         """A fresh plugin shaped for `model` (a timm ViT, patched or not)."""
         from ..compress import method_of
 
         return cls(depth=len(model.blocks), dim=model.embed_dim, r_max=r_max, rank=rank, variant=variant,
-                   backbone=backbone_name(model), method=method_of(model) or "tome", r_step=r_step)
+                   backbone=backbone_name(model), method=method_of(model) or _DEFAULT.method, r_step=r_step)
 
     @property
     def train_scale(self) -> float | None:
