@@ -39,6 +39,8 @@ MODES = ("full", "adaptformer", "linear")
 TRAIN_SPLITS = ("train", "trainval")
 SPLITS = ("train", "val", "trainval", "test")
 BENCH_MODES = ("infer", "train")
+PLUGIN_CHECK = "plugin"            # a bench job of the workflow: `tocom bench --plugin-check` (inference)
+BENCH_JOBS = (*BENCH_MODES, PLUGIN_CHECK)
 SEARCHABLE = ("lr", "adapter_scale")   # the FinetuneSettings fields a search varies (SearchSettings, in this order)
 #: s, the plugin's scale (Sec. 5.1): what a plugin trains at, what the inference grid is written for, and
 #: what `compensate` applies unless told otherwise.
@@ -202,12 +204,13 @@ def _subclasses(cls) -> list:
 def config_schema(path: str | Path) -> dict:
     """The config schema: the hand-written YAML at `path` (top-level keys, studies, report, resources...)
     with its `$defs` given one entry per settings dataclass (`#/$defs/DistillSettings`, ...) and the
-    method names (`#/$defs/METHODS`), so that no field, choice or range is written twice."""
+    method names and bench jobs (`#/$defs/METHODS`, `#/$defs/BENCH_JOBS`), so that no field, choice or range is written twice."""
     import yaml
 
     schema = yaml.safe_load(Path(path).read_text())
     schema.setdefault("$defs", {}).update({c.__name__: c.json_schema() for c in _subclasses(Settings)},
-                                          METHODS={"type": "string", "enum": list(METHODS)})
+                                          METHODS={"type": "string", "enum": list(METHODS)},
+                                          BENCH_JOBS={"type": "string", "enum": list(BENCH_JOBS)})
     return schema
 
 

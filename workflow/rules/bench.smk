@@ -1,10 +1,11 @@
 # Stage 6: throughput per r, inference and training (Fig. 3), and the plugin's costs (mode `plugin`: merged
 # throughput against the plain model, switch() latency against its floor). Random weights: speed does not depend on them.
+from tocom.settings import PLUGIN_CHECK
 
 
 def bench_flags(wc):
     b = next(b for b in config["bench"] if b["backbone"] == wc.backbone and b["method"] == wc.method)
-    mode = dict(mode="infer", plugin_check=True) if wc.mode == "plugin" else dict(mode=wc.mode)
+    mode = dict(mode="infer", plugin_check=True) if wc.mode == PLUGIN_CHECK else dict(mode=wc.mode)
     return " ".join([flags(model=config["backbones"][wc.backbone]["timm"], method=wc.method, r=b["r"], **mode,
                            device=config.get("device"), threads=threads("bench")), GRID.bench_settings(b).cli_args()])
 

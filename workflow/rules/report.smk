@@ -90,6 +90,7 @@ for _script, _items in REPORT_ITEMS.scripts().items():
             helpers=REPORT_HELPERS,
         output: [report_file(report_item_path(i, ext), i, ext) for i in _items for ext in i.report_exts + i.figure_exts]
         params: **REPORT_PARAMS, script=_script
+        log: f"{REPORT_RUN}/{layout.LOG.format(stage='report', job=_script)}"
         localrule: True
         script: "../scripts/report/{params.script}.py"     # read when the job runs: not the loop's variable
 
@@ -98,5 +99,6 @@ rule assemble_report:
     input: [report_item_path(item, ".md") for item in REPORT_ITEMS.ITEMS.values()], helpers=REPORT_HELPERS
     output: REPORT
     params: **REPORT_PARAMS
+    log: f"{REPORT_RUN}/{layout.LOG.format(stage='report', job='assemble_report')}"
     localrule: True
     script: "../scripts/report/assemble.py"

@@ -2,7 +2,7 @@
 sections (items.py). The report is only ever assembled (rerun the workflow to change it), never edited."""
 from pathlib import Path
 
-from common.ctx import Ctx
+from common.ctx import Ctx, run
 from items import ROLES, SECTIONS
 from tocom import layout
 from tocom.io import write_text
@@ -30,4 +30,4 @@ def make(ctx: Ctx) -> str:
 
 
 if __name__ == "__main__":
-    make(Ctx.from_snakemake(snakemake))  # noqa: F821
+    run(snakemake, make)  # noqa: F821

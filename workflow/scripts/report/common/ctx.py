@@ -216,7 +216,21 @@ def make(script: str, ctx: Ctx, module=None) -> None:
             ctx.reads = None
 
 
-def run(sm) -> None:
+def run(sm, make_items=None) -> None:
     """A script under Snakemake's `script:` directive, which runs it as __main__ (with its own path as
-    __file__; `params.script` names it)."""
-    make(sm.params.script, Ctx.from_snakemake(sm), sys.modules["__main__"])
+    __file__; `params.script` names it). The job's log gets the files written, or the error that stopped it.
+    `make_items(ctx)`: instead of the script's items (the assembly)."""
+    import traceback
+
+    from tocom.io import write_text
+
+    try:
+        ctx = Ctx.from_snakemake(sm)
+        if make_items is None:
+            make(sm.params.script, ctx, sys.modules["__main__"])
+        else:
+            make_items(ctx)
+    except BaseException:
+        write_text(traceback.format_exc(), sm.log[0])
+        raise
+    write_text("".join(f"wrote {path}\n" for path in sm.output), sm.log[0])
