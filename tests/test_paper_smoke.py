@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tocom.data import VTAB_TASKS, build_dataset, get_spec
-from tocom.experiments import Grid, validate_config
+from tocom.experiments import Grid, resolve_variants, validate_config
 from tocom.models import PAPER_BACKBONES, read_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def test_config_keeps_the_papers_recipes_and_report(config):
             {k: v for k, v in config["recipes"][name].items() if k not in resized}, name
     assert {k: v for k, v in PAPER["distill"].items() if k not in resized} == \
         {k: v for k, v in config["distill"].items() if k not in resized}
-    assert config["variants"] == PAPER["variants"] and config["report"] == PAPER["report"]
+    assert resolve_variants(config) == resolve_variants(PAPER) and config["report"] == PAPER["report"]
     assert config["recipes"]["cifar"]["mixup"] == 0.8 and config["distill"]["r_max"] == 16
     assert {k: v for k, v in config["evaluate"].items() if k not in ("limit", "scales")} == \
         {k: v for k, v in PAPER["evaluate"].items() if k not in ("limit", "scales")}
