@@ -154,8 +154,7 @@ def _save_resume(out: Path, params: dict[str, torch.nn.Parameter], opt: torch.op
     state = {"format": RESUME_FORMAT, "fingerprint": _canonical(fingerprint), "epoch": epoch,
              "trainable": {k: p.detach().cpu().clone() for k, p in params.items()},
              "optimizer": opt.state_dict()}
-    _resume_dir(out).mkdir(parents=True, exist_ok=True)
-    with atomic_path(_resume_file(out)) as tmp:
+    with atomic_path(_resume_file(out)) as tmp:        # creates <out>.resume/, and removes it again if this fails
         torch.save(state, tmp)
 
 
