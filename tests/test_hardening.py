@@ -8,12 +8,15 @@ Every user error is one TocomError line naming the file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -494,3 +497,292 @@ def test_import_tocom_registers_backbones_with_timm(code):
     res = subprocess.run([PY, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=REPO)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+# ---- 6. bad input: one line, exit 2, nothing written, inputs untouched -----------------------------------
+# Every row runs the real command line in a fresh folder that holds only the row's inputs: it must exit 2 with
+# one line naming the problem (training steps' "[tocom] ..." progress lines aside), no traceback, and leave the
+# folder exactly as it found it (every input byte-identical, nothing added: no output, temporary or lock).
+CLI = [PY, "-m", "tocom.cli"]
+TINY_BACKBONE = "tocom_vit_tiny_patch8_56"
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every path below `root` with its content: a file's sha256, a symlink's target, 'folder'."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = "-> " + os.readlink(p)
+        elif p.is_dir():
+            out[rel] = "folder"
+        else:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def run_cli(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(CLI + argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def told(stderr: str) -> list[str]:
+    """What the user is told: stderr without the progress lines training steps print ("[tocom] ... epoch")."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith("[tocom] ")]
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid PNG header claiming width x height pixels, and no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def vtab_task(root: Path, bad_image: bytes) -> None:
+    """root/patch_camelyon in the VTAB-1k layout: 8 tiny PNGs in every split list, image 3 replaced by `bad_image`."""
+    from PIL import Image
+
+    task = root / "patch_camelyon"
+    (task / "images").mkdir(parents=True)
+    lines = []
+    for i in range(8):
+        Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(task / f"images/{i}.png")
+        lines.append(f"images/{i}.png {i % 2}\n")
+    (task / "images/3.png").write_bytes(bad_image)
+    for name in ("train800.txt", "val200.txt", "train800val200.txt", "test.txt"):
+        (task / name).write_text("".join(lines))
+
+
+@contextmanager
+def tmpfs(path: Path, *options: str):
+    """A tmpfs mounted at `path` (root only; the test is skipped where it cannot be mounted)."""
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)],
+                                           capture_output=True).returncode:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@contextmanager
+def read_only_folder(path: Path):
+    """A folder no one may write into: a read-only tmpfs as root (root writes through permissions), else 0555."""
+    if os.geteuid() == 0:
+        with tmpfs(path, "ro", "size=64k"):
+            yield path
+        return
+    path.mkdir()
+    path.chmod(0o555)
+    try:
+        yield path
+    finally:
+        path.chmod(0o755)
+
+
+def _model(d: Path, name: str = "m.safetensors") -> str:
+    (d / name).write_bytes(b"weights: refused before they are read")
+    return name
+
+
+def _score(d: Path, name: str, **fields) -> str:
+    (d / name).write_text(json.dumps({"top1": 50.0, "split": "val", "settings": {"lr": 0.1}, **fields}))
+    return name
+
+
+def _user_task_folder(d, stack):
+    (d / "tasks/small").mkdir(parents=True)
+    (d / "tasks/small/mine.txt").write_text("a user's file")
+    return ["make-tasks", "--out", "tasks", "--tasks", "small", "--n-train", "2", "--n-val", "2", "--n-test", "2"]
+
+
+def _user_task_file(d, stack):
+    (d / "tasks").mkdir()
+    (d / "tasks/small").write_text("a user's file")
+    return ["make-tasks", "--out", "tasks", "--tasks", "small", "--n-train", "2", "--n-val", "2", "--n-test", "2"]
+
+
+def _out_is_checkpoint(command):
+    def case(d, stack):
+        extra = {"evaluate": ["--targets", "0"], "finetune": ["--dataset", "digits"]}[command]
+        return [command, "--checkpoint", _model(d), *extra, "--out", "m.safetensors"]
+    return case
+
+
+def _out_links_to_checkpoint(d, stack):
+    (d / "link.safetensors").symlink_to(_model(d))
+    return ["finetune", "--checkpoint", "m.safetensors", "--dataset", "digits", "--out", "link.safetensors"]
+
+
+def _record_is_chosen(d, stack):
+    (d / "x.safetensors.json").write_text(json.dumps({"chosen": {"lr": 0.01}}))
+    return ["finetune", "--backbone", TINY_BACKBONE, "--dataset", "digits", "--chosen", "x.safetensors.json",
+            "--out", "x.safetensors"]
+
+
+def _score_is_chosen(d, stack):
+    (d / "x.safetensors.score.json").write_text(json.dumps({"chosen": {"lr": 0.01}}))
+    return ["finetune", "--backbone", TINY_BACKBONE, "--dataset", "digits", "--chosen", "x.safetensors.score.json",
+            "--score-split", "val", "--out", "x.safetensors"]
+
+
+def _transfer_out_is_high(d, stack):
+    return ["transfer", "--model-b", _model(d, "b.safetensors"), "--high-a", _model(d, "h.safetensors"),
+            "--low-a", _model(d, "l.safetensors"), "--target-r", "2", "--out", "h.safetensors"]
+
+
+def _select_out_is_candidate(d, stack):
+    return ["select", "--candidates", _score(d, "a.json"), _score(d, "b.json"), "--out", "b.json"]
+
+
+def _evaluate_out_is_plugin(d, stack):
+    return ["evaluate", "--checkpoint", _model(d), "--targets", "0", "--plugin", f"mine={_model(d, 'p.safetensors')}",
+            "--out", "p.safetensors"]
+
+
+def _out_inside_data_root(d, stack):
+    (d / "data").mkdir()
+    (d / "data/train800.txt").write_text("images/0.png 0\n")
+    return ["evaluate", "--checkpoint", _model(d), "--targets", "0", "--data-root", "data", "--out", "data/train800.txt"]
+
+
+def _out_is_folder(d, stack):
+    (d / "results").mkdir()
+    return ["evaluate", "--checkpoint", _model(d), "--targets", "0", "--out", "results"]
+
+
+def _out_below_a_file(d, stack):
+    (d / "notes.txt").write_text("notes")
+    return ["evaluate", "--checkpoint", _model(d), "--targets", "0", "--out", "notes.txt/eval.csv"]
+
+
+def _out_read_only(d, stack):
+    stack.enter_context(read_only_folder(d / "ro"))
+    return ["evaluate", "--checkpoint", _model(d), "--targets", "0", "--out", "ro/eval/e.csv"]
+
+
+def _disk_full(d, stack):
+    stack.enter_context(tmpfs(d / "full", "size=64k"))
+    return ["finetune", "--backbone", TINY_BACKBONE, "--dataset", "digits", "--limit", "8", "--epochs", "1",
+            "--batch-size", "8", "--quiet", "--out", "full/ft.safetensors"]
+
+
+def _vtab_finetune(bad_image: bytes, *extra: str):
+    def case(d, stack):
+        vtab_task(d / "vtab", bad_image)
+        return ["finetune", "--backbone", TINY_BACKBONE, "--dataset", "vtab/patch_camelyon", "--data-root", "vtab",
+                "--epochs", "1", "--batch-size", "4", "--quiet", *extra, "--out", "ft.safetensors"]
+    return case
+
+
+def _finetune(*flags: str):
+    def case(d, stack):
+        return ["finetune", "--backbone", TINY_BACKBONE, "--dataset", "digits", *flags, "--out", "ft.safetensors"]
+    return case
+
+
+def _select(**score):
+    def case(d, stack):
+        (d / "bad.json").write_text(json.dumps({"settings": {"lr": 0.2}, **score}))
+        return ["select", "--candidates", _score(d, "good.json"), "bad.json", "--out", "chosen.json"]
+    return case
+
+
+def _chosen_list(d, stack):
+    (d / "c.json").write_text(json.dumps({"chosen": [0.1, 0.01]}))
+    return ["finetune", "--backbone", TINY_BACKBONE, "--dataset", "digits", "--chosen", "c.json", "--out", "ft.safetensors"]
+
+
+def _no_gpu(d, stack):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    return ["finetune", "--backbone", TINY_BACKBONE, "--dataset", "digits", "--device", "cuda", "--out", "ft.safetensors"]
+
+
+def _evaluate(*flags: str):
+    def case(d, stack):
+        return ["evaluate", "--checkpoint", _model(d), *flags, "--out", "e.csv"]
+    return case
+
+
+OVERWRITE = "the output would overwrite what it is made from"
+slow = pytest.mark.slow      # imports torch (a few seconds), or trains a step until it fails
+BAD_INPUT = [
+    # a step replaces only what it wrote
+    pytest.param(_user_task_folder, ["tasks/small exists and was not written by tocom make-tasks"], marks=slow,
+                 id="make-tasks over a user's folder"),
+    pytest.param(_user_task_file, ["tasks/small exists and was not written by tocom make-tasks"], marks=slow,
+                 id="make-tasks over a user's file"),
+    # no output is an input
+    pytest.param(_out_is_checkpoint("evaluate"), ["--out m.safetensors is the input --checkpoint", OVERWRITE],
+                 id="evaluate --out = --checkpoint"),
+    pytest.param(_out_is_checkpoint("finetune"), ["--out m.safetensors is the input --checkpoint", OVERWRITE],
+                 id="finetune --out = --checkpoint"),
+    pytest.param(_out_links_to_checkpoint, ["--out link.safetensors is the input --checkpoint m.safetensors"],
+                 id="finetune --out a symlink to --checkpoint"),
+    pytest.param(_record_is_chosen, ["writes x.safetensors.json, which is the input --chosen"],
+                 id="finetune's record = --chosen"),
+    pytest.param(_score_is_chosen, ["writes x.safetensors.score.json, which is the input --chosen"],
+                 id="finetune's score = --chosen"),
+    pytest.param(_transfer_out_is_high, ["--out h.safetensors is the input --high-a"], id="transfer --out = --high-a"),
+    pytest.param(_select_out_is_candidate, ["--out b.json is the input --candidates b.json"],
+                 id="select --out = a candidate"),
+    pytest.param(_evaluate_out_is_plugin, ["--out p.safetensors is the input --plugin p.safetensors"],
+                 id="evaluate --out = a plugin"),
+    pytest.param(_out_inside_data_root, ["lies inside the input --data-root data"], id="--out inside --data-root"),
+    # every output can be written, checked before the work
+    pytest.param(_out_is_folder, ["--out results is a folder; name the file"], id="--out is a folder"),
+    pytest.param(_out_below_a_file, ["notes.txt is a file, so no folder can be made there"], id="--out below a file"),
+    pytest.param(_out_read_only, ["is not writable"], id="--out in a read-only folder"),
+    pytest.param(_disk_full, ["full/ft.safetensors", "No space left on device", "free some space"], marks=slow,
+                 id="disk full"),
+    # one line, not a traceback
+    pytest.param(_finetune("--backbone", "resnet18"), ["resnet18 is a ResNet, not a Vision Transformer",
+                                                        TINY_BACKBONE], marks=slow, id="--backbone resnet18"),
+    pytest.param(_vtab_finetune(png_claiming(30000, 30000)), ["vtab/patch_camelyon/images/3.png",
+                                                              "DecompressionBombError"], marks=slow,
+                 id="PNG claiming 30000x30000 pixels"),
+    pytest.param(_vtab_finetune(b"not an image", "--workers", "1"),
+                 ["vtab/patch_camelyon/images/3.png", "cannot identify image file", "(in a data-loading worker)"],
+                 marks=slow, id="corrupt image read by a worker"),
+    pytest.param(_finetune("--seed", str(2**60)), ["run.seed must be <= 4294967295"], id="--seed 2**60"),
+    pytest.param(_finetune("--seed", "1e23"), ["argument --seed: '1e23' is not a valid int"], id="--seed 1e23"),
+    pytest.param(_select(top1="abc", split="val"), ["bad.json: its top1 'abc' is not what a search score holds"],
+                 id="select: a score that is text"),
+    pytest.param(_select(top1=50.0), ["bad.json is not a search score (needs 'top1', 'split'"],
+                 id="select: a score without its split"),
+    pytest.param(_chosen_list, ["c.json: its 'chosen' is a JSON list"], marks=slow, id="--chosen holding a list"),
+    pytest.param(lambda d, stack: ["bench", "--threads", "-1"], ["measure.threads must be > 0"], id="bench --threads -1"),
+    pytest.param(_no_gpu, ["--device cuda: no CUDA GPU is visible"], marks=slow, id="--device cuda without a GPU"),
+    # settings that would double rows or make the schedule climb
+    pytest.param(_evaluate("--targets", "2", "0", "2"), ["argument --targets: 2 given more than once"],
+                 id="--targets 2 0 2"),
+    pytest.param(_evaluate("--targets", "0", "--scales", "0.1", "0.1"), ["evaluate.scales lists 0.1 more than once"],
+                 id="--scales 0.1 0.1"),
+    pytest.param(_finetune("--lr", "0.01", "--min-lr", "0.1"), ["min_lr 0.1 is above the learning rate 0.01"],
+                 id="--min-lr above --lr"),
+]
+
+
+@pytest.mark.parametrize("case, needles", BAD_INPUT)
+def test_bad_input_is_one_line_and_leaves_everything_as_it_was(tmp_path, case, needles):
+    from contextlib import ExitStack
+
+    d = tmp_path / "work"
+    d.mkdir()
+    with ExitStack() as stack:
+        argv = case(d, stack)
+        before = tree(d)
+        res = run_cli(argv, d)
+        after = tree(d)
+    lines = told(res.stderr)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert lines[0].startswith(f"tocom {argv[0]}: error: "), lines
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert after == before, "the refused command changed its folder"

@@ -125,16 +125,13 @@ def is_generated(dataset: str) -> bool:
 @lru_cache(maxsize=None)
 def backbone_geometry(timm_name: str) -> dict:
     """Patch tokens, depth and max r of a timm ViT, built on the meta device (no memory, no weights)."""
-    import timm
     import torch
 
-    from . import models  # noqa: F401  (registers the tiny ViT family with timm)
     from .compress import max_r
+    from .models import create_backbone
 
-    if not timm.is_model(timm_name.split(".")[0]):
-        raise TocomError(f"unknown backbone {timm_name!r}; use a timm ViT name (e.g. deit_base_patch16_224)")
     with torch.device("meta"):
-        model = timm.create_model(timm_name, pretrained=False)
+        model = create_backbone(timm_name)            # an unknown name or a non-ViT is one TocomError line
     return {"patches": model.patch_embed.num_patches, "depth": len(model.blocks), "max_r": max_r(model),
             "has_head": model.num_classes > 0}
 

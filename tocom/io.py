@@ -137,9 +137,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
             done = True
         except Exception as e:
-            # torch.save says "unexpected pos", safetensors "os error 28": name the cause, ENOSPC, and the output
+            # torch.save says "unexpected pos", safetensors "os error 28", pandas no file name: name the cause
+            # (ENOSPC when the file system is full) and the output
             if not isinstance(e, OSError) and _no_space_left(path.parent):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+            if isinstance(e, OSError) and e.errno and not e.filename:
+                raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
             raise
     finally:
         tmp.unlink(missing_ok=True)

@@ -149,8 +149,11 @@ class Settings:
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per field; a flag left out keeps the field's default (argparse holds no default)."""
+        """One flag per field; a flag left out keeps the field's default (argparse holds no default). The parsed
+        arguments list the settings classes they hold (`settings_classes`), so a command checks every value
+        before it starts."""
         hints = typing.get_type_hints(cls)
+        parser.set_defaults(settings_classes=(*(parser.get_default("settings_classes") or ()), cls))
         group = parser.add_argument_group(f"{cls.stage} settings (defaults: tocom/settings.py {cls.__name__})")
         for f in fields(cls):
             tp, seq, optional = _base_type(hints[f.name])

@@ -256,7 +256,8 @@ def balanced_labels(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     return rng.permutation(np.arange(n) % k)
 
 
-def _task_names(tasks) -> list[str]:
+def task_names(tasks) -> list[str]:
+    """Task names (`small` or `fmnist_vtab/small`; None: all), each once, or one TocomError line."""
     if tasks is None:
         return list(TASKS)
     if isinstance(tasks, str):
@@ -313,7 +314,7 @@ def write_tasks(out_dir: str, settings: TaskSettings | None = None, fashion_root
     that name stops the run, before any task is written. `log(msg)` hears one line per task written.
     """
     s = settings or TaskSettings()
-    names = _task_names(tasks)
+    names = task_names(tasks)
     sizes = {"train": s.n_train, "val": s.n_val, "test": s.n_test}
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise TocomError(f"{out_dir} is a file, not a folder; name a folder to write the tasks into")

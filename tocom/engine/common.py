@@ -45,6 +45,7 @@ from tqdm import tqdm
 from ..compress import set_r
 from ..errors import TocomError
 from ..io import atomic_path, write_json
+from ..layout import LOCK, RECORD, RESUME
 from ..plugin import ToCom, compensate
 from ..settings import EvalSettings
 
@@ -119,7 +120,7 @@ RESUME_FORMAT = 2      # 1: trainable.safetensors + state.pt written one after t
 
 
 def _resume_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".resume")
+    return out.with_name(out.name + RESUME)
 
 
 def _resume_file(out: Path) -> Path:
@@ -127,7 +128,7 @@ def _resume_file(out: Path) -> Path:
 
 
 def _lock_path(out: Path) -> Path:
-    return out.with_name(out.name + ".lock")
+    return out.with_name(out.name + LOCK)
 
 
 def _canonical(obj) -> str:
@@ -406,7 +407,7 @@ def finish(out: Path, rt: Runtime, write: Callable[[], None], record: dict | Non
         try:
             write()
             if record is not None:
-                write_json(record, out.with_name(out.name + ".json"))
+                write_json(record, out.with_name(out.name + RECORD))
             shutil.rmtree(_resume_dir(out), ignore_errors=True)
         finally:
             release_output_lock(out)
