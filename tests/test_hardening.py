@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -786,3 +787,110 @@ def test_bad_input_is_one_line_and_leaves_everything_as_it_was(tmp_path, case, n
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     assert after == before, "the refused command changed its folder"
+
+
+# ---- 7. no output is an input: every command, every input, every output it writes --------------------------
+QUICK = ["--limit", "16", "--epochs", "1", "--batch-size", "8", "--quiet"]
+FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def artefacts(tmp_path_factory) -> Path:
+    """Real inputs, made by the commands themselves: a backbone, a fine-tuned model with its search score, a
+    plugin, a search result, a VTAB-1k task folder and a Fashion-MNIST folder."""
+    from tocom.cli import main
+
+    d = tmp_path_factory.mktemp("artefacts")
+    backbone, model = str(d / "backbone.safetensors"), str(d / "model.safetensors")
+    assert main(["pretrain-backbone", "--backbone", TINY_BACKBONE, "--dataset", "digits", *QUICK, "--out", backbone]) == 0
+    assert main(["finetune", "--checkpoint", backbone, "--dataset", "digits", "--score-split", "val", *QUICK,
+                 "--out", model]) == 0
+    assert main(["distill", "--checkpoint", backbone, "--dataset", "digits", "--r-max", "2", *QUICK,
+                 "--out", str(d / "plugin.safetensors")]) == 0
+    assert main(["select", "--candidates", model + ".score.json", "--out", str(d / "chosen.json")]) == 0
+    vtab_task(d / "vtab", png_claiming(8, 8))
+    (d / "fashion").mkdir()
+    for f in FASHION_ROOT.glob("*ubyte*"):
+        (d / "fashion" / f.name).symlink_to(f)
+    return d
+
+
+#: Each command that reads files: arguments that would run it, and which artefact each of its inputs is.
+RUNS = {
+    "pretrain-backbone": (["--backbone", TINY_BACKBONE, "--dataset", "vtab/patch_camelyon", *QUICK],
+                          {"data_root": "vtab"}),
+    "distill": (["--dataset", "vtab/patch_camelyon", "--r-max", "2", *QUICK],
+                {"checkpoint": "backbone.safetensors", "data_root": "vtab"}),
+    "finetune": (["--dataset", "vtab/patch_camelyon", "--score-split", "val", *QUICK],
+                 {"checkpoint": "backbone.safetensors", "chosen": "chosen.json", "data_root": "vtab"}),
+    "select": ([], {"candidates": "model.safetensors.score.json"}),
+    "evaluate": (["--dataset", "digits", "--targets", "0", "2", "--limit", "8", "--quiet"],
+                 {"checkpoint": "model.safetensors", "select_checkpoint": "model.safetensors",
+                  "plugin": "plugin.safetensors", "data_root": "vtab"}),
+    "transfer": (["--dataset", "digits", "--target-r", "2", "--limit", "8", "--quiet"],
+                 {"model_b": "model.safetensors", "high_a": "model.safetensors", "low_a": "model.safetensors",
+                  "data_root": "vtab"}),
+    "segment-finetune": (["--dataset", "fashion_mnist_seg", "--crop-size", "56", "--epochs", "1", "--limit", "8",
+                          "--batch-size", "4", "--quiet"], {"checkpoint": "backbone.safetensors", "data_root": "fashion"}),
+    "segment-evaluate": (["--dataset", "fashion_mnist_seg", "--targets", "0", "--limit", "8", "--quiet"],
+                         {"checkpoint": "model.safetensors", "plugin": "plugin.safetensors", "data_root": "fashion"}),
+    "make-tasks": (["--tasks", "small", "--n-train", "2", "--n-val", "2", "--n-test", "2"], {"fashion_root": "fashion"}),
+}
+
+
+def _place(artefact: Path, where: Path) -> None:
+    """A copy of `artefact` at `where` (a folder's files as symlinks, as the Fashion-MNIST folder has them)."""
+    where.parent.mkdir(parents=True, exist_ok=True)
+    if artefact.is_dir():
+        shutil.copytree(artefact, where, symlinks=True)
+    else:
+        shutil.copyfile(artefact, where)
+
+
+def _argv(command: str, inputs: dict[str, str], out: str) -> list[str]:
+    flags, _ = RUNS[command]
+    argv = [command, *flags, "--out", out]
+    for dest, path in inputs.items():
+        argv += ["--" + dest.replace("_", "-"), path]
+    return argv
+
+
+def test_every_command_that_reads_files_is_covered():
+    from tocom.cli import COMMANDS
+
+    reading = {name: fn.reads for name, (fn, _) in COMMANDS.items() if fn.reads}
+    assert {name: set(reads) for name, reads in reading.items()} == \
+        {name: set(inputs) for name, (_, inputs) in RUNS.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", list(RUNS))
+def test_no_output_may_be_an_input(artefacts, tmp_path, capsys, command):
+    """Each input placed where each output the command writes would go (--out itself, the record, resume state,
+    lock or score beside it, a task folder), and --out as a symlink to each input: refused in one line before
+    any work, every input byte-identical, nothing written."""
+    from tocom.cli import build_parser, main
+
+    _, inputs = RUNS[command]
+    out = "out" if command == "make-tasks" else "out.safetensors"     # an input there keeps its file type
+    args = build_parser().parse_args(_argv(command, {dest: "in" for dest in inputs}, out))
+    fn, outputs = args.func, args.func.writes(args)
+    cases = [(dest, output, False) for dest in inputs for output in outputs]
+    cases += [(dest, out, True) for dest in inputs if not fn.writes_folder]
+    assert len(cases) >= len(inputs)
+    for k, (dest, output, link) in enumerate(cases):
+        work = tmp_path / str(k)
+        work.mkdir()
+        placed = {name: str(work / ("in_" + inputs[name])) for name in inputs}
+        placed[dest] = str(work / ("in_" + inputs[dest]) if link else work / output)
+        for name, path in placed.items():
+            _place(artefacts / inputs[name], Path(path))
+        if link:
+            (work / out).symlink_to(placed[dest])
+        before = tree(work)
+        capsys.readouterr()
+        code = main(_argv(command, placed, str(work / out)))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and OVERWRITE in err[0], (dest, output, link, err)
+        assert "--" + dest.replace("_", "-") in err[0], err
+        assert tree(work) == before, (dest, output, link)
