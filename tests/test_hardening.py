@@ -881,8 +881,9 @@ def test_no_output_may_be_an_input(artefacts, tmp_path, capsys, command):
     for k, (dest, output, link) in enumerate(cases):
         work = tmp_path / str(k)
         work.mkdir()
-        placed = {name: str(work / ("in_" + inputs[name])) for name in inputs}
-        placed[dest] = str(work / ("in_" + inputs[dest]) if link else work / output)
+        placed = {name: str(work / f"in_{name}{Path(inputs[name]).suffix}") for name in inputs}
+        if not link:
+            placed[dest] = str(work / output)
         for name, path in placed.items():
             _place(artefacts / inputs[name], Path(path))
         if link:
