@@ -8,6 +8,8 @@ Every user error is one TocomError line naming the file.
 """
 from __future__ import annotations
 
+import copy
+import errno
 import hashlib
 import json
 import os
@@ -895,3 +897,205 @@ def test_no_output_may_be_an_input(artefacts, tmp_path, capsys, command):
         assert code == 2 and len(err) == 1 and OVERWRITE in err[0], (dest, output, link, err)
         assert "--" + dest.replace("_", "-") in err[0], err
         assert tree(work) == before, (dest, output, link)
+
+
+# ---- 8. temporaries, folders and full disks ---------------------------------------------------------------
+KILLED_WRITE = textwrap.dedent("""
+    import os, signal, sys
+    from tocom.io import atomic_path
+    with atomic_path(sys.argv[1]) as tmp:
+        tmp.write_text("half a file")
+        os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_the_next_write_removes_what_killed_writes_left_and_nothing_else(tmp_path):
+    import fcntl
+
+    import pandas as pd
+
+    from tocom.io import write_csv
+
+    out = tmp_path / "eval.csv"
+    res = subprocess.run([PY, "-c", KILLED_WRITE, str(out)], env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == -9
+    killed = [p for p in tmp_path.iterdir() if p.name.startswith(".eval.csv.")]
+    assert len(killed) == 1 and killed[0].read_text() == "half a file"
+    killed_folder = tmp_path / ".eval.csv.zzzz9999.tmp"          # what a killed folder write (make-tasks) leaves
+    (killed_folder / "images").mkdir(parents=True)
+    live = tmp_path / ".eval.csv.live0000.tmp"                    # another run writing it right now
+    live.write_text("being written")
+    held = os.open(live, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    elsewhere = tmp_path / "keep" / "target.txt"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("a user's file")
+    (tmp_path / ".eval.csv.link1234.tmp").symlink_to(elsewhere)
+    others = [".eval.csv.tmp", ".eval.csv.ABCD1234.tmp", ".other.csv.abcd1234.tmp", "eval.csv.abcd1234.tmp",
+              ".eval.csv.abcd1234.tmp.bak", "notes.txt"]                 # not temporaries of eval.csv
+    for name in others:
+        (tmp_path / name).write_text("not ours")
+    try:
+        write_csv(pd.DataFrame({"a": [1]}), out)
+    finally:
+        os.close(held)
+    assert not killed[0].exists() and not killed_folder.exists()
+    assert live.read_text() == "being written"
+    assert (tmp_path / ".eval.csv.link1234.tmp").is_symlink() and elsewhere.read_text() == "a user's file"
+    assert all((tmp_path / name).read_text() == "not ours" for name in others)
+    assert pd.read_csv(out)["a"].tolist() == [1]
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path):
+    from tocom.io import atomic_path
+
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "kept/new/deeper/out.csv") as tmp:
+            tmp.write_text("x")
+            raise RuntimeError("the writer failed")
+    assert [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")] == ["kept"]
+
+
+def test_a_failed_first_resume_save_leaves_no_resume_folder(tmp_path, monkeypatch):
+    from tocom.engine import common
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(common.torch, "save", full)
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(OSError) as e:
+        _train(out, {"data": "one"}, epochs=1)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(out.with_name(out.name + ".resume") / "state.pt")
+    assert list(tmp_path.iterdir()) == []            # no .resume/, no lock, no temporary
+
+
+def test_a_write_that_fails_on_a_full_disk_says_so_whatever_the_writer_raised(tmp_path, monkeypatch):
+    import types
+
+    from tocom import io
+
+    def failing_write(path):
+        with io.atomic_path(path) as tmp:
+            tmp.write_bytes(b"part")
+            raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 576 vs 534")
+
+    with pytest.raises(RuntimeError, match="unexpected pos"):        # room left: the writer's own error
+        failing_write(tmp_path / "a.pt")
+    real = os.statvfs
+    monkeypatch.setattr(io.os, "statvfs", lambda p: types.SimpleNamespace(**{**{k: getattr(real(p), k) for k in (
+        "f_frsize", "f_blocks")}, "f_bavail": 0}))
+    with pytest.raises(OSError) as e:
+        failing_write(tmp_path / "a.pt")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "a.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_system_error_is_one_line_from_the_command_line(tmp_path, monkeypatch, capsys):
+    from tocom import cli, search
+
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(search, "write_json", full)
+    _score(tmp_path, "a.json")
+    assert cli.main(["select", "--candidates", str(tmp_path / "a.json"), "--out", str(tmp_path / "c.json")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["tocom select: error: [Errno 28] No space left on device; free some space or write elsewhere, "
+                   "then rerun"]
+
+
+# ---- 9. configs: every list the grid expands holds each value once, names are one folder, grids are bounded ----
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+
+
+def smoke(**changes) -> dict:
+    import yaml
+
+    return {**yaml.safe_load((REPO / "config/smoke.yaml").read_text()), **changes}
+
+
+def first_set(config: dict) -> dict:
+    return config["studies"][0]["sets"][0]
+
+
+def start(config: dict) -> None:
+    """What workflow/rules/common.smk does with a config before any job."""
+    from tocom.experiments import Grid, validate_config
+
+    validate_config(config, SCHEMA)
+    Grid(config)
+
+
+CONFIGS = {
+    "seeds [0, 0]": (lambda c: c.update(seeds=[0, 0]), "seeds: 0 listed more than once"),
+    "targets twice": (lambda c: first_set(c).update(targets=[0, 2, 2]), "targets: 2 listed more than once"),
+    "sources twice": (lambda c: first_set(c).update(sources=[0, 0]), "sources: 0 listed more than once"),
+    "datasets twice": (lambda c: first_set(c).update(datasets=["synth/count", "synth/count"]),
+                       "datasets: 'synth/count' listed more than once"),
+    "variants twice": (lambda c: first_set(c).update(variants=["tocom", "tocom"]), "'tocom' listed more than once"),
+    "transfer B twice": (lambda c: c["transfer"][0].update(b=["synth/texture"] * 2), "transfer/0/b: 'synth/texture'"),
+    "a transfer asked for twice": (lambda c: c.update(transfer=c["transfer"] * 2), "is asked for twice"),
+    "a bench asked for twice": (lambda c: c.update(bench=c["bench"] * 2), "is asked for twice"),
+    "bench degrees twice": (lambda c: c["bench"][0].update(r=[0, 2, 2]), "bench/0/r: 2 listed more than once"),
+    "scales twice": (lambda c: c["evaluate"].update(scales=[0.1, 0.1]), "evaluate/scales: 0.1 listed more than once"),
+    "searched lr twice": (lambda c: c["recipes"]["vtab_refit"]["search"].update(lr=[1e-3, 1e-3]),
+                          "search/lr: 0.001 listed more than once"),
+    "a report group twice": (lambda c: c["report"]["vtab_groups"].update(natural=["synth/count"] * 2),
+                             "natural: 'synth/count' listed more than once"),
+    "name ..": (lambda c: c.update(name=".."), "name: '..' does not match"),
+    "name .": (lambda c: c.update(name="."), "one folder name"),
+    "name with a slash": (lambda c: c.update(name="a/b"), "one folder name"),
+    "seed beyond 32 bits": (lambda c: c.update(seeds=[2**40]), "greater than the maximum of 4294967295"),
+    "min_lr above a recipe's lr": (lambda c: c["recipes"]["vtab"].update(min_lr=0.5),
+                                   "finetune.min_lr 0.5 is above the learning rate"),
+    "min_lr above distill's scaled lr": (lambda c: c["distill"].update(lr=1e-3, batch_size=64, min_lr=5e-4),
+                                         "min_lr 0.0005 is above the learning rate 0.001 (lr x batch_size / 512 = "
+                                         "0.000125)"),
+    "10^6 seeds": (lambda c: c.update(seeds=list(range(10**6))), "jobs, more than the ceiling of 20,000"),
+    "10^6 targets": (lambda c: first_set(c).update(targets=list(range(10**6))),
+                     "evaluation rows, more than the ceiling of 1,000,000"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIGS))
+def test_bad_config_is_one_line_before_any_job(case):
+    change, needle = CONFIGS[case]
+    config = smoke()
+    start(copy.deepcopy(config))
+    change(config)
+    with pytest.raises(TocomError) as e:
+        start(config)
+    one_line(e, needle)
+
+
+def test_a_huge_grid_is_refused_from_its_lengths_with_the_number_it_would_have_been(monkeypatch):
+    from tocom import experiments
+
+    config = smoke(seeds=list(range(10**6)))
+    size = experiments.grid_size(config)
+    monkeypatch.setattr(experiments, "config_schema", lambda path: pytest.fail("the schema visited the items"))
+    with pytest.raises(TocomError) as e:
+        experiments.validate_config(config, SCHEMA)
+    one_line(e, f"up to {size['jobs']:,} jobs")
+    assert size["jobs"] > 10**6
+
+
+@pytest.mark.parametrize("name", ["cpu", "smoke", "paper"])
+def test_grid_size_bounds_the_grid_and_leaves_the_paper_far_inside(name):
+    import yaml
+
+    from tocom.experiments import MAX_JOBS, MAX_ROWS, Grid, grid_size
+
+    config = yaml.safe_load((REPO / f"config/{name}.yaml").read_text())
+    grid, size = Grid(config, check_files=False), grid_size(config)
+    jobs = (len(grid.pretrained_backbones()) + len(grid.generated_datasets()) + len(grid.plugins) + len(grid.finetunes)
+            + len(grid.searches) + len({s.chosen_path for s in grid.searches.values()}) + len(grid.evals)
+            + len(grid.transfers) + len(grid.benches) + 2 * len(grid.segments))
+    splits, scales = len(grid.eval_settings.splits), len(grid.eval_settings.scales)
+    plain = sum(len(ev.targets) * splits for ev in grid.evals.values())
+    tuned = sum(len(ev.variants) * len(ev.targets - {ev.finetune.source}) * (scales + splits - 1)
+                for ev in grid.evals.values())
+    assert jobs <= size["jobs"] and plain + tuned <= size["rows"]
+    assert 5 * size["jobs"] <= MAX_JOBS and 5 * size["rows"] <= MAX_ROWS
