@@ -5,8 +5,8 @@ engines. User errors (`TocomError`) and file-system failures (a full disk, a rea
 one line and exit 2, never a traceback.
 
 Each command declares what it reads (the arguments naming its input files and folders) and what it
-writes (`--out` and what goes beside it), and `main` checks both before any work: no output may be, or
-lie inside, an input (symlinks resolved), and every output's folder must be writable.
+writes (`--out` and what goes beside it), and `main` checks both before any work: no output may be, lie
+inside or hold an input (symlinks resolved), --out must be writable, and every flag's settings are valid.
 """
 from __future__ import annotations
 

@@ -121,6 +121,15 @@ def _no_space_left(folder: Path) -> bool:
         return False
 
 
+def _raise_named(e: Exception, path: Path) -> None:
+    """Why a write of `path` failed, naming it: torch.save says "unexpected pos" and safetensors "os error 28" on a
+    full file system (ENOSPC then), a plain write's OSError has no file name."""
+    if not isinstance(e, OSError) and _no_space_left(path.parent):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+    if isinstance(e, OSError) and e.errno and not e.filename:
+        raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; move it onto `path` only if the block succeeds."""
@@ -137,12 +146,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
             done = True
         except Exception as e:
-            # torch.save says "unexpected pos", safetensors "os error 28", pandas no file name: name the cause
-            # (ENOSPC when the file system is full) and the output
-            if not isinstance(e, OSError) and _no_space_left(path.parent):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
-            if isinstance(e, OSError) and e.errno and not e.filename:
-                raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+            _raise_named(e, path)
             raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -170,7 +174,11 @@ def atomic_folder(path: str | Path, may_replace: Callable[[Path], bool]) -> Iter
     fcntl.flock(fd, fcntl.LOCK_EX)
     done = False
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as e:
+            _raise_named(e, path)
+            raise
         os.chmod(tmp, 0o777 & ~_umask())
         if os.path.lexists(path):
             if not may_replace(path):
