@@ -73,7 +73,7 @@ def tree_digest(root) -> dict[str, str]:
 def test_layout_sizes_and_balance(tasks_dir):
     for name, spec in ft.TASKS.items():
         d = tasks_dir / name
-        assert sorted(os.listdir(d)) == sorted([*SPLIT_LISTS, "images", ft.SOURCES_FILE])
+        assert sorted(os.listdir(d)) == sorted([*SPLIT_LISTS, "images", ft.SOURCES_FILE, ft.TASK_MARKER])
         train, val, test = (read_list(d, f) for f in ("train800.txt", "val200.txt", "test.txt"))
         assert (len(train), len(val), len(test)) == (40, 10, 20)
         assert read_list(d, "train800val200.txt") == train + val
@@ -84,7 +84,7 @@ def test_layout_sizes_and_balance(tasks_dir):
         for rows in (train, val, test):
             counts = np.bincount([lab for _, lab in rows], minlength=spec.num_classes)
             assert len(counts) == spec.num_classes and counts.max() - counts.min() <= 1, (name, counts)
-        assert not [f for f in os.listdir(tasks_dir) if ".tmp-" in f]
+        assert not [f for f in os.listdir(tasks_dir) if ".tmp-" in f or f.endswith(".tmp")]
 
 
 def test_same_seed_is_byte_identical_and_another_seed_differs(tasks_dir, tmp_path):
@@ -273,7 +273,8 @@ def test_bad_arguments(tmp_path):
 
 
 def test_rewrite_replaces_the_task_and_a_crash_leaves_nothing(tmp_path, monkeypatch):
-    (tmp_path / "small").mkdir()
+    # a folder this step wrote (a folder it did not write is never replaced: test_hardening.py)
+    ft.write_tasks(str(tmp_path), TaskSettings(n_train=2, n_val=2, n_test=2), FASHION_ROOT, tasks=["small"])
     (tmp_path / "small" / "stale.txt").write_text("old")
     ft.write_tasks(str(tmp_path), TaskSettings(n_train=4, n_val=2, n_test=3), FASHION_ROOT, tasks=["small"])
     assert not (tmp_path / "small" / "stale.txt").exists() and (tmp_path / "small" / "test.txt").is_file()

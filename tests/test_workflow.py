@@ -85,6 +85,8 @@ def outputs_are_whole(results: Path) -> None:
     (lambda c: c["recipes"]["vtab_refit"]["search"].update(lr=[]), "search/lr"),
     (lambda c: (c.update(data_root="/nonexistent"),
                 c["studies"][0]["sets"][0].update(datasets=["fashion_mnist"])), "/nonexistent/fashion-mnist"),
+    (lambda c: c.update(seeds=[0, 0]), "seeds: 0 listed more than once"),       # Table 1 would count pairs twice
+    (lambda c: c.update(name=".."), "name: '..' does not match"),                # results would land in the repo root
 ])
 def test_bad_config_stops_before_any_job_with_one_line(tmp_path, change, message):
     config = smoke_config()

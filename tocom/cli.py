@@ -1,14 +1,24 @@
 """The `tocom` command: one subcommand per pipeline step, arguments mirroring the config keys.
 
 Each subcommand parses its arguments and calls one engine function; the logic lives in the
-engines. User errors (`TocomError`) print one line and exit 2, never a traceback.
+engines. User errors (`TocomError`) and file-system failures (a full disk, a read-only folder) print
+one line and exit 2, never a traceback.
+
+Each command declares what it reads (the arguments naming its input files and folders) and what it
+writes (`--out` and what goes beside it), and `main` checks both before any work: no output may be, lie
+inside or hold an input (symlinks resolved), --out must be writable, and every flag's settings are valid.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import re
 import sys
+from pathlib import Path
 
+from . import layout
 from .errors import TocomError
 from .settings import (SPLITS, UNCOMPRESSED, BenchSettings, DistillSettings, EvalMethodSettings, EvalSettings,
                        FinetuneSettings, MeasureSettings, PretrainSettings, RunSettings, SegmentSettings,
@@ -17,12 +27,37 @@ from .settings import (SPLITS, UNCOMPRESSED, BenchSettings, DistillSettings, Eva
 COMMANDS: dict[str, tuple] = {}
 
 
-def command(name: str, help: str):
-    """Register `fn(args)` as subcommand `name`, with `fn.configure(parser)` adding its arguments."""
+def _out(args) -> list[str]:
+    """What most commands write: the file --out names."""
+    return [args.out] if getattr(args, "out", None) else []
+
+
+def _trained(args) -> list[str]:
+    """A training step's output and what it writes beside it: its record, resume state and lock."""
+    return [args.out, *(args.out + suffix for suffix in layout.TRAINING_SIBLINGS)]
+
+
+def command(name: str, help: str, reads: tuple[str, ...] = (), writes=_out, folder: bool = False):
+    """Register `fn(args)` as subcommand `name`, with `fn.configure(parser)` adding its arguments.
+
+    reads: the arguments (dest names) that name the files or folders it reads; writes(args): the paths it
+    creates or replaces; folder: --out names a folder rather than a file. `main` checks them before any work.
+    """
     def register(fn):
         COMMANDS[name] = (fn, help)
+        fn.reads, fn.writes, fn.writes_folder = reads, writes, folder
         return fn
     return register
+
+
+class _Distinct(argparse.Action):
+    """A list flag whose values must differ (a repeated target would repeat its rows)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise argparse.ArgumentError(self, f"{', '.join(map(str, twice))} given more than once; give each once")
+        setattr(namespace, self.dest, values)
 
 
 def _configure_flops(p):
@@ -115,7 +150,8 @@ def _configure_pretrain(p):
     p.add_argument("--out", required=True, help="model checkpoint to write (.safetensors)")
 
 
-@command("pretrain-backbone", "train a (tiny) ViT from scratch: the CPU stand-in for DeiT pretraining")
+@command("pretrain-backbone", "train a (tiny) ViT from scratch: the CPU stand-in for DeiT pretraining",
+         reads=("data_root",), writes=_trained)
 def _pretrain(args):
     from .data import get_spec
     from .engine.finetune import train_classifier
@@ -139,7 +175,8 @@ def _configure_distill(p):
     p.add_argument("--out", required=True, help="plugin to write (.safetensors)")
 
 
-@command("distill", "train a ToCom plugin by self-distillation on the pre-training data")
+@command("distill", "train a ToCom plugin by self-distillation on the pre-training data",
+         reads=("checkpoint", "data_root"), writes=_trained)
 def _distill(args):
     from .engine.distill import distill
     from .models import resolve_model
@@ -174,7 +211,12 @@ def _configure_finetune(p):
     p.add_argument("--out", required=True, help="model checkpoint to write (.safetensors)")
 
 
-@command("finetune", "fine-tune on a downstream dataset at a source degree r (full or AdaptFormer)")
+def _finetuned(args) -> list[str]:
+    return _trained(args) + ([args.out + layout.SCORE] if args.score_split else [])
+
+
+@command("finetune", "fine-tune on a downstream dataset at a source degree r (full or AdaptFormer)",
+         reads=("checkpoint", "chosen", "data_root"), writes=_finetuned)
 def _finetune(args):
     from .data import get_spec
     from .engine.finetune import train_classifier
@@ -202,7 +244,7 @@ def _finetune(args):
 
         model, meta = load_model(args.out)
         score(model, meta, _dataset(args, model, args.score_split, None, run.seed), EvalSettings(), run,
-              out=f"{args.out}.score.json")
+              out=args.out + layout.SCORE)
 
 
 _finetune.configure = _configure_finetune
@@ -214,7 +256,8 @@ def _configure_select(p):
     p.add_argument("--out", required=True, help="JSON of the chosen settings")
 
 
-@command("select", "pick the search candidate with the best held-out score (hyper-parameter search)")
+@command("select", "pick the search candidate with the best held-out score (hyper-parameter search)",
+         reads=("candidates",))
 def _select(args):
     from .search import select
 
@@ -225,15 +268,21 @@ def _select(args):
 _select.configure = _configure_select
 
 
+def _plugin_spec(spec: str) -> tuple[str, str]:
+    """[LABEL=]PATH -> (label or "", path)."""
+    label, sep, path = spec.partition("=")
+    if not sep or "/" in label:          # no label given: the whole spec is the path
+        return "", spec
+    return label, path
+
+
 def _read_plugins(specs: list[str]) -> dict:
     """[LABEL=]PATH specs -> {label: plugin}; the label fills the `variant` column (default: the plugin's)."""
     from .plugin import ToCom
 
     plugins = {}
     for spec in specs:
-        label, sep, path = spec.partition("=")
-        if not sep or "/" in label:          # no label given: the whole spec is the path
-            label, path = "", spec
+        label, path = _plugin_spec(spec)
         plugin = ToCom.load(path)
         label = label or plugin.variant
         if label in plugins:
@@ -249,7 +298,8 @@ def _configure_evaluate(p):
                         "default: the evaluated model, if the selection split is held out from its training")
     _data_args(p, required=False, dataset_help="default: the dataset the checkpoint was fine-tuned on")
     EvalMethodSettings.add_arguments(p)
-    p.add_argument("--targets", nargs="+", type=int, required=True, metavar="R", help="target degrees")
+    p.add_argument("--targets", nargs="+", type=int, required=True, metavar="R", action=_Distinct,
+                   help="target degrees")
     p.add_argument("--plugin", nargs="+", default=[], metavar="[LABEL=]PATH",
                    help="ToCom plugins (.safetensors), optionally labelled (e.g. shared=plugins/shared.safetensors); "
                         "the label fills the `variant` column (default: the plugin's variant)")
@@ -258,7 +308,8 @@ def _configure_evaluate(p):
     p.add_argument("--out", required=True, help="tidy CSV to write")
 
 
-@command("evaluate", "top-1 at every target r, with and without ToCom (one tidy CSV)")
+@command("evaluate", "top-1 at every target r, with and without ToCom (one tidy CSV)",
+         reads=("checkpoint", "select_checkpoint", "plugin", "data_root"))
 def _evaluate(args):
     from .engine.evaluate import cross_evaluate
     from .models import load_model
@@ -294,7 +345,8 @@ def _configure_transfer(p):
     p.add_argument("--out", required=True, help="CSV to write")
 
 
-@command("transfer", "task-arithmetic check (Table 1): M_16^A - M_0^A + M_0^B evaluated on B")
+@command("transfer", "task-arithmetic check (Table 1): M_16^A - M_0^A + M_0^B evaluated on B",
+         reads=("model_b", "high_a", "low_a", "data_root"))
 def _transfer(args):
     from .engine.evaluate import transfer
     from .models import load_model, read_meta, read_state_dict
@@ -329,7 +381,8 @@ def _configure_segment_finetune(p):
     p.add_argument("--out", required=True, help="Segmenter checkpoint to write (.safetensors)")
 
 
-@command("segment-finetune", "fine-tune a Segmenter on a segmentation dataset at a source r, tome_ffn active (Table 11)")
+@command("segment-finetune", "fine-tune a Segmenter on a segmentation dataset at a source r, tome_ffn active (Table 11)",
+         reads=("checkpoint", "data_root"), writes=_trained)
 def _segment_finetune(args):
     from .data import get_spec
     from .engine.segment import build_segmenter, segment_finetune
@@ -356,7 +409,8 @@ _segment_finetune.configure = _configure_segment_finetune
 def _configure_segment_evaluate(p):
     p.add_argument("--checkpoint", required=True, help="Segmenter from `tocom segment-finetune`")
     _data_args(p, required=False, dataset_help="default: the dataset the Segmenter was fine-tuned on")
-    p.add_argument("--targets", nargs="+", type=int, required=True, metavar="R", help="target degrees")
+    p.add_argument("--targets", nargs="+", type=int, required=True, metavar="R", action=_Distinct,
+                   help="target degrees")
     p.add_argument("--plugin", nargs="+", default=[], metavar="[LABEL=]PATH",
                    help="ToCom plugins distilled with --method tome_ffn on the encoder's backbone")
     EvalSettings.add_arguments(p)
@@ -364,7 +418,8 @@ def _configure_segment_evaluate(p):
     p.add_argument("--out", required=True, help="tidy CSV to write")
 
 
-@command("segment-evaluate", "mIoU at every target r, with and without ToCom (s chosen on val; one tidy CSV)")
+@command("segment-evaluate", "mIoU at every target r, with and without ToCom (s chosen on val; one tidy CSV)",
+         reads=("checkpoint", "plugin", "data_root"))
 def _segment_evaluate(args):
     from .engine.segment import load_segmenter, segment_evaluate
 
@@ -392,7 +447,14 @@ def _configure_make_tasks(p):
     TaskSettings.add_arguments(p)
 
 
-@command("make-tasks", "write the fmnist_vtab/* downstream tasks (VTAB-1k layout) from Fashion-MNIST's t10k images")
+def _task_folders(args) -> list[str]:
+    from .data.fmnist_tasks import TASKS, task_names
+
+    return [os.path.join(args.out, name) for name in task_names(getattr(args, "tasks", list(TASKS)))]
+
+
+@command("make-tasks", "write the fmnist_vtab/* downstream tasks (VTAB-1k layout) from Fashion-MNIST's t10k images",
+         reads=("fashion_root",), writes=_task_folders, folder=True)
 def _make_tasks(args):
     from .data.fmnist_tasks import write_tasks
     from .settings import TaskSettings
@@ -425,16 +487,127 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ---- checks before any work -----------------------------------------------------------------------
+def _inputs(args) -> list[tuple[str, str]]:
+    """(flag, path) of every input file or folder the command was given (its `reads`)."""
+    found = []
+    for dest in args.func.reads:
+        value = getattr(args, dest, None)
+        for v in value if isinstance(value, list) else [value]:
+            if v:
+                found.append(("--" + dest.replace("_", "-"), _plugin_spec(v)[1] if dest == "plugin" else v))
+    return found
+
+
+def _within(path: str, folder: str) -> bool:
+    """`path` is `folder` or lies inside it, symlinks resolved (or they are one file under two names)."""
+    a, b = os.path.realpath(path), os.path.realpath(folder)
+    if a == b or a.startswith(b.rstrip(os.sep) + os.sep):
+        return True
+    try:
+        return os.path.samefile(path, folder)
+    except OSError:
+        return False
+
+
+def check_files(args) -> None:
+    """Before any work: no output of the command is, or lies inside, one of its inputs (or holds one), and
+    --out can be written (not a folder where a file goes, its folder writable)."""
+    outputs, out = args.func.writes(args), getattr(args, "out", None)
+    for output in outputs:
+        written = f"--out {out}" if output == out else f"--out {out} writes {output}, which"
+        for flag, path in _inputs(args):
+            inside, holds = _within(output, path), _within(path, output)
+            if inside and holds:
+                what = f"{written} is the input {flag} {path}"
+            elif inside:
+                what = f"{written} lies inside the input {flag} {path}"
+            elif holds:
+                what = f"{written} holds the input {flag} {path}"
+            else:
+                continue
+            raise TocomError(f"{what}: the output would overwrite what it is made from; write it elsewhere")
+    if out:
+        _check_writable(out, args.func.writes_folder)
+
+
+def _check_writable(out: str, folder: bool) -> None:
+    path = Path(out)
+    if folder and path.exists() and not path.is_dir():
+        raise TocomError(f"--out {out} is a file; name a folder to write into")
+    if not folder and path.is_dir():
+        raise TocomError(f"--out {out} is a folder; name the file to write (e.g. {path / 'NAME'})")
+    where = path if folder else path.parent
+    while not os.path.lexists(where) and where != where.parent:     # the folder that exists and gets the output
+        where = where.parent
+    if not where.is_dir():
+        raise TocomError(f"--out {out}: {where} is a file, so no folder can be made there; write elsewhere")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise TocomError(f"--out {out}: the folder {where} is not writable (read-only or not yours); make it "
+                         "writable or write elsewhere")
+
+
+def check_device(args) -> None:
+    """A --device that names no usable device is one line, before any model is built."""
+    device = getattr(args, "device", None)
+    if not device or device == "cpu":
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise TocomError(f"--device {device!r} is not a torch device; use cpu or cuda (cuda:N for one GPU)") from None
+    if dev.type != "cuda":
+        raise TocomError(f"--device {device}: tocom runs on cpu or cuda; use one of them")
+    if not torch.cuda.is_available():
+        raise TocomError(f"--device {device}: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
+                         "use --device cpu, or run on a GPU node")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise TocomError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) are visible (cuda:0.."
+                         f"{torch.cuda.device_count() - 1})")
+
+
+# ---- one line per error ------------------------------------------------------------------------------
+def _one_line(text: str) -> str:
+    """The message as one line. A data-loading worker's error reaches the main process as its whole
+    traceback ("Caught TocomError in DataLoader worker process 0. Original Traceback ... TocomError: msg",
+    torch's ExceptionWrapper): keep the worker's own message."""
+    if "\nOriginal Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = re.sub(r"^[\w.]+(Error|Exception): ", "", last) + " (in a data-loading worker)"
+    return " ".join(text.split())
+
+
+_OS_FIXES = {errno.ENOSPC: "free some space or write elsewhere, then rerun",
+             errno.EDQUOT: "free some of your quota or write elsewhere, then rerun",
+             errno.EROFS: "write to a writable file system", errno.EACCES: "fix its permissions or use another path",
+             errno.EPERM: "fix its permissions or use another path"}
+
+
+def _os_message(e: OSError) -> str:
+    what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else _one_line(str(e))
+    return f"{what}; {_OS_FIXES.get(e.errno, 'check the path and rerun')}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        for settings in getattr(args, "settings_classes", ()):   # every flag's value, before torch is imported
+            settings.from_args(args)
+        check_files(args)
+        check_device(args)
         if args.command != "select":   # before any model is built: fresh heads and inits are seeded too
+            seed = RunSettings.from_args(args).seed       # checked before torch is imported
             from .engine.common import seed_everything
 
-            seed_everything(RunSettings.from_args(args).seed)
+            seed_everything(seed)
         args.func(args)
     except TocomError as e:
-        print(f"tocom {args.command}: error: {e}", file=sys.stderr)
+        print(f"tocom {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:      # the file system refused (full, read-only, permissions): not a bug, one line too
+        print(f"tocom {args.command}: error: {_os_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tocom {args.command}: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ folder, results/<config name>/.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -23,16 +24,97 @@ from .settings import (DENSE_METHODS, UNCOMPRESSED, BenchSettings, config_schema
                        PretrainSettings, SearchSettings, SegmentSettings, TaskSettings, splits_overlap)
 
 
+#: Ceilings of a config's grid (`check_grid_size`, on `grid_size`'s upper bounds): config/paper.yaml is bounded by
+#: 3,640 jobs (1253 real ones) and 25,728 evaluation rows. A config asking for far more is a slip (a generated list
+#: of seeds or degrees) that would run for minutes and fill memory before anything is said.
+MAX_JOBS = 20_000
+MAX_ROWS = 1_000_000
+
+
 def validate_config(config: dict, schema_path: str | Path) -> None:
     """Check `config` against the JSON schema (the stage settings' parts generated from their dataclasses);
-    the most relevant violation as one TocomError line."""
+    the most relevant violation as one TocomError line. The grid's size is checked first: it needs only the
+    lengths of the lists, where the schema would visit every item."""
     import jsonschema
 
+    check_grid_size(config)
     schema = config_schema(schema_path)
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "top level"
-        raise TocomError(f"{where}: {error.message}")
+        raise TocomError(f"{where}: {_schema_message(error)}")
+
+
+def _schema_message(error) -> str:
+    """jsonschema's message, with the values a uniqueness rule found twice named and a pattern explained."""
+    if error.validator == "uniqueItems" and isinstance(error.instance, list):
+        seen, twice = set(), []
+        for v in error.instance:
+            key = json.dumps(v, sort_keys=True, default=str)
+            if key in seen and v not in twice:
+                twice.append(v)
+            seen.add(key)
+        return (f"{', '.join(map(repr, twice))} listed more than once; give each value once (a repeated value "
+                "would repeat runs and count them twice in the tables)")
+    if error.validator == "pattern" and error.schema.get("description"):
+        return f"{error.message}: {error.schema['description']}"
+    return error.message
+
+
+def grid_size(config: dict) -> dict[str, int]:
+    """Upper bounds of the jobs and evaluation rows `config` expands to, from the lengths of its lists alone
+    (nothing is expanded or validated, so it is instant on any config). It counts what `Grid` creates, without
+    the sharing that makes Grid's real counts smaller: a fine-tune per method at every source, each with a
+    selection companion and its search (candidates and the select job); an evaluation per fine-tune, with
+    targets x (plain rows per split + per plugin variant the s grid on one split and the best s on the others)."""
+    def n(x) -> int:
+        return len(x) if isinstance(x, (list, tuple, dict)) else 1
+
+    def get(d, key, default=None):
+        return d.get(key, default) if isinstance(d, dict) else default
+
+    seeds = n(get(config, "seeds", [0]))
+    ev = get(config, "evaluate", {})
+    scales, splits = n(get(ev, "scales", EvalSettings().scales)), n(get(ev, "splits", EvalSettings().splits))
+
+    def finetune(recipe) -> int:     # the final model, its companion, its search candidates and their select job
+        search = get(get(get(config, "recipes", {}), recipe, {}), "search", {})
+        candidates = 1
+        for name in ("lr", "adapter_scale"):
+            candidates *= n(get(search, name)) if get(search, name) else 1
+        return 2 + (candidates + 1 if search else 0)
+
+    def rows(targets, variants) -> int:
+        return n(targets) * (splits + n(variants) * (scales + splits))
+
+    jobs, row_count, datasets = n(get(config, "backbones", {})), 0, 0      # pretraining; tasks made: one per dataset
+    for study in get(config, "studies", []) or []:
+        for block in get(study, "sets", []) or []:
+            datasets += n(get(block, "datasets", []))
+            models = n(get(block, "datasets", [])) * n(get(block, "sources", [])) * seeds
+            jobs += models * (finetune(get(block, "recipe")) + 1) + n(get(block, "variants", []))
+            row_count += models * rows(get(block, "targets", []), get(block, "variants", []))
+    for t in get(config, "transfer", []) or []:
+        jobs += n(get(t, "b", [])) * seeds * (2 * finetune(get(t, "recipe_a")) + finetune(get(t, "recipe_b")) + 1)
+    for b in get(config, "bench", []) or []:
+        jobs += n(get(b, "modes", []))
+    seg = get(config, "segmentation")
+    if seg:
+        models = n(get(seg, "sources", [])) * seeds
+        jobs += 2 * models + n(get(seg, "variants", []))
+        row_count += models * rows(get(seg, "targets", []), get(seg, "variants", []))
+    return {"jobs": jobs + datasets, "rows": row_count}
+
+
+def check_grid_size(config: dict) -> None:
+    """Refuse, before anything is expanded, a config whose grid exceeds MAX_JOBS jobs or MAX_ROWS rows."""
+    size = grid_size(config)
+    for what, count, ceiling, name in (("jobs", size["jobs"], MAX_JOBS, "MAX_JOBS"),
+                                       ("evaluation rows", size["rows"], MAX_ROWS, "MAX_ROWS")):
+        if count > ceiling:
+            raise TocomError(f"the grid would expand to up to {count:,} {what}, more than the ceiling of {ceiling:,} "
+                             f"(tocom/experiments.py {name}); ask for fewer seeds, datasets, degrees or variants, "
+                             "or split the config")
 
 
 def is_generated(dataset: str) -> bool:
@@ -43,16 +125,13 @@ def is_generated(dataset: str) -> bool:
 @lru_cache(maxsize=None)
 def backbone_geometry(timm_name: str) -> dict:
     """Patch tokens, depth and max r of a timm ViT, built on the meta device (no memory, no weights)."""
-    import timm
     import torch
 
-    from . import models  # noqa: F401  (registers the tiny ViT family with timm)
     from .compress import max_r
+    from .models import create_backbone
 
-    if not timm.is_model(timm_name.split(".")[0]):
-        raise TocomError(f"unknown backbone {timm_name!r}; use a timm ViT name (e.g. deit_base_patch16_224)")
     with torch.device("meta"):
-        model = timm.create_model(timm_name, pretrained=False)
+        model = create_backbone(timm_name)            # an unknown name or a non-ViT is one TocomError line
     return {"patches": model.patch_embed.num_patches, "depth": len(model.blocks), "max_r": max_r(model),
             "has_head": model.num_classes > 0}
 
@@ -228,6 +307,7 @@ class Grid:
         """check_files: data roots and checkpoints exist. check_geometry: every r fits its backbone
         (builds each backbone on the meta device, so it imports torch and timm; the workflow's jobs
         re-read a config the main process has already checked and skip both)."""
+        check_grid_size(config)
         self.config = config
         self.check_geometry = check_geometry
         self.name = config["name"]
@@ -374,8 +454,13 @@ class Grid:
                     models = tuple(self._finetune(t["backbone"], t["method"], dataset, source, seed, recipe)
                                    for source, dataset, recipe in ((t["high_r"], t["a"], t["recipe_a"]),
                                                                    (0, t["a"], t["recipe_a"]), (0, b, t["recipe_b"])))
-                    self.transfers.append(TransferRun(t["backbone"], t["method"], t["a"], b, int(t["high_r"]),
-                                                      int(t["target_r"]), seed, models))
+                    run = TransferRun(t["backbone"], t["method"], t["a"], b, int(t["high_r"]), int(t["target_r"]),
+                                      seed, models)
+                    if any(other.path == run.path for other in self.transfers):
+                        raise TocomError(f"transfer: {t['a']} -> {b} at high_r {run.high_r} on {t['backbone']}/"
+                                         f"{t['method']} is asked for twice (Table 1 would count it twice); list "
+                                         "it once")
+                    self.transfers.append(run)
 
     def _expand_bench(self) -> None:
         for b in self.config.get("bench", []):
@@ -383,7 +468,11 @@ class Grid:
             self._check_degrees(b["backbone"], b["r"], "bench")
             self.bench_settings(b)
             for mode in b["modes"]:
-                self.benches.append(BenchRun(b["backbone"], b["method"], mode))
+                run = BenchRun(b["backbone"], b["method"], mode)
+                if run in self.benches:
+                    raise TocomError(f"bench: {b['backbone']}/{b['method']} {mode} is asked for twice (both would "
+                                     "write one file); list it once")
+                self.benches.append(run)
 
     def _expand_segmentation(self) -> None:
         """Table 11: Segmenters at each source (tome_ffn), each evaluated at every target with the

@@ -7,17 +7,27 @@ file is created private (mkstemp's 0600) and given the mode a plain `open()` wou
 (0666 minus the umask) just before the rename, so outputs on a shared cluster stay readable by the
 group when the umask says so.
 
+A killed write leaves its temporary (`.NAME.XXXXXXXX.tmp`); the next write of the same output removes it
+(`clean_temporaries`). A writer holds an flock on its temporary while it writes, so only the temporaries of
+dead writers go, and never a file that is not one of that output's temporaries. A write that fails removes
+the folders it created for its output; a write that fails because the file system is full says so
+(OSError ENOSPC), whatever the library writing the file raised.
+
 Torch-free on purpose: the report scripts use these helpers without importing models or engines
 (safetensors and torch are imported inside the functions that need them).
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import TocomError
 
@@ -41,20 +51,155 @@ def default_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def _temporary(path: Path) -> dict:
+    """mkstemp/mkdtemp arguments for a temporary beside `path` (`clean_temporaries` recognises the names)."""
+    return {"prefix": f".{path.name}.", "suffix": ".tmp", "dir": path.parent}
+
+
+def _temporaries_of(path: Path) -> re.Pattern:
+    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+
+
+def clean_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporaries that killed writes of `path` left beside it (files or folders named
+    `.NAME.XXXXXXXX.tmp`, no live writer holding their lock; never a symlink); returns what it removed."""
+    path = Path(path)
+    pattern, removed = _temporaries_of(path), []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not pattern.fullmatch(entry.name) or entry.is_symlink():
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:              # a live writer holds it
+            os.close(fd)
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """mkdir -p `folder`; the folders it created, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    missing.reverse()
+    if missing:
+        missing[-1].mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _no_space_left(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
+
+
+def _raise_named(e: Exception, path: Path) -> None:
+    """Why a write of `path` failed, naming it: torch.save says "unexpected pos" and safetensors "os error 28" on a
+    full file system (ENOSPC then), a plain write's OSError has no file name."""
+    if not isinstance(e, OSError) and _no_space_left(path.parent):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+    if isinstance(e, OSError) and e.errno and not e.filename:
+        raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; move it onto `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    created = _make_parents(path.parent)
+    clean_temporaries(path)
+    fd, tmp = tempfile.mkstemp(**_temporary(path))
+    fcntl.flock(fd, fcntl.LOCK_EX)        # held while this write runs: clean_temporaries leaves the file alone
+    tmp, done = Path(tmp), False
     try:
-        yield tmp
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            os.chmod(tmp, default_mode())
+            os.replace(tmp, path)
+            done = True
+        except Exception as e:
+            _raise_named(e, path)
+            raise
     finally:
         tmp.unlink(missing_ok=True)
+        os.close(fd)
+        if not done:
+            _remove_empty(created)
+
+
+def _reserve(path: Path) -> str:
+    fd, name = tempfile.mkstemp(**_temporary(path))
+    os.close(fd)
+    return name
+
+
+@contextmanager
+def atomic_folder(path: str | Path, may_replace: Callable[[Path], bool]) -> Iterator[Path]:
+    """Yield a fresh temporary folder next to `path`; when the block succeeds it becomes `path`, replacing what
+    is there only if `may_replace(path)` says so (else TocomError, and the folder is dropped). A killed run
+    leaves at most temporaries that `clean_temporaries(path)` removes."""
+    path = Path(path)
+    created = _make_parents(path.parent)
+    clean_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(**_temporary(path)))
+    fd = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    done = False
+    try:
+        try:
+            yield tmp
+        except Exception as e:
+            _raise_named(e, path)
+            raise
+        os.chmod(tmp, 0o777 & ~_umask())
+        if os.path.lexists(path):
+            if not may_replace(path):
+                raise TocomError(f"{path} exists and was not written by this step; move it away or write elsewhere")
+            # moved aside under a temporary's name (what a folder can be renamed onto: an empty folder), then dropped
+            folder = path.is_dir() and not path.is_symlink()
+            old = tempfile.mkdtemp(**_temporary(path)) if folder else _reserve(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            if folder:
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.unlink(old)
+        else:
+            os.replace(tmp, path)
+        done = True
+    finally:
+        if not done:
+            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_empty(created)
+        os.close(fd)
 
 
 def write_text(text: str, path: str | Path) -> None:

@@ -26,8 +26,12 @@ PLUGIN = "plugins/{backbone}/{method}/{variant}.safetensors"
 FINETUNE = "finetune/{backbone}/{method}/{dataset}/r{source}_seed{seed}.safetensors"
 SELECT = "select/{backbone}/{method}/{dataset}/r{source}_seed{seed}.safetensors"
 ROLES = {"final": FINETUNE, "select": SELECT}     # a fine-tune's role -> where it lives
+# What a step writes beside its output OUT: a training step (engine/common.py) its record OUT.json, its resume
+# state OUT.resume/ and its lock OUT.lock; a scored search candidate (`tocom finetune --score-split`) OUT.score.json.
+RECORD, RESUME, LOCK, SCORE = ".json", ".resume", ".lock", ".score.json"
+TRAINING_SIBLINGS = (RECORD, RESUME, LOCK)
 SEARCH = "search/{backbone}/{method}/{dataset}/seed{seed}/{candidate}.safetensors"
-SEARCH_SCORE = SEARCH + ".score.json"
+SEARCH_SCORE = SEARCH + SCORE
 CHOSEN = "search/{backbone}/{method}/{dataset}/seed{seed}/chosen.json"
 EVAL = "eval/{backbone}/{method}/{dataset}/r{source}_seed{seed}.csv"
 TRANSFER = "transfer/{backbone}/{method}/{a}_to_{b}_r{high}_seed{seed}.csv"

@@ -88,6 +88,10 @@ def create_backbone(name: str, num_classes: int | None = None, checkpoint: str |
             raise TocomError(f"could not fetch pretrained weights for {name} ({e}); pass a local checkpoint "
                              "path instead (the official DeiT/MAE .pth files load as they are)") from None
         raise
+    if not isinstance(model, VisionTransformer):
+        raise TocomError(f"{name} is a {type(model).__name__}, not a Vision Transformer; tocom compresses the tokens "
+                         "of timm's VisionTransformer family (vit_*, deit_*, deit3_*), e.g. "
+                         f"{', '.join(backbone_names())}")
     if checkpoint:
         load_checkpoint(model, checkpoint)
     return model

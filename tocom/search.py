@@ -30,8 +30,14 @@ def _read(path) -> dict:
         raise TocomError(f"no search score at {path}; run the search candidate first") from None
     except ValueError:
         raise TocomError(f"{path} is not valid JSON; delete it and rerun the search candidate") from None
-    if not isinstance(data, dict) or "top1" not in data or "settings" not in data:
-        raise TocomError(f"{path} is not a search score (needs 'top1' and 'settings'); rerun the search candidate")
+    if not isinstance(data, dict) or "top1" not in data or "settings" not in data or "split" not in data:
+        raise TocomError(f"{path} is not a search score (needs 'top1', 'split' and 'settings'); rerun the search "
+                         "candidate")
+    kinds = {"top1": (int, float), "split": (str,), "settings": (dict,)}
+    wrong = [k for k, types in kinds.items() if not isinstance(data[k], types) or isinstance(data[k], bool)]
+    if wrong:
+        raise TocomError(f"{path}: its {', '.join(f'{k} {data[k]!r}' for k in wrong)} is not what a search score "
+                         "holds (top1 a number, split a name, settings a mapping); rerun the search candidate")
     return data
 
 
@@ -61,6 +67,9 @@ def read_chosen(path: str | Path) -> dict:
         raise TocomError(f"no search result at {path}; run `tocom select` first") from None
     except (ValueError, KeyError, TypeError):
         raise TocomError(f"{path} is not a search result (`tocom select` output); rerun the search") from None
+    if not isinstance(chosen, dict):
+        raise TocomError(f"{path}: its 'chosen' is a JSON {type(chosen).__name__}, not a mapping of settings to "
+                         "values; rerun the search (`tocom select`)")
     unknown = sorted(set(chosen) - set(SEARCHABLE))
     if unknown:
         raise TocomError(f"{path}: {', '.join(unknown)} cannot be searched; searchable: {', '.join(SEARCHABLE)}")

@@ -55,10 +55,17 @@ def splits_overlap(a: str, b: str) -> bool:
     return bool(SPLIT_ITEMS[a] & SPLIT_ITEMS[b])
 
 
-def setting(default, help: str, *, choices: tuple | None = None, check: str | None = None):
-    """A field with its help text and its check: positive, nonneg, unit (0..1) or a choice."""
+#: The largest seed: numpy's legacy seeding takes 32 bits, and every seed derived from it (seed x 1000 + epoch,
+#: engine/common.py) must stay a 64-bit integer for torch.
+MAX_SEED = 2**32 - 1
+
+
+def setting(default, help: str, *, choices: tuple | None = None, check: str | None = None,
+            maximum: int | float | None = None):
+    """A field with its help text and its check: positive, nonneg, unit (0..1) or a choice; `maximum` caps it.
+    A list's values must differ (a repeated value would repeat a run or a row)."""
     kw = {"default_factory": lambda: default} if isinstance(default, (list, dict)) else {"default": default}
-    return field(metadata={"help": help, "choices": choices, "check": check}, **kw)
+    return field(metadata={"help": help, "choices": choices, "check": check, "maximum": maximum}, **kw)
 
 
 def _base_type(tp):
@@ -97,6 +104,10 @@ class Settings:
                 items = list(getattr(self, f.name))
                 if not items:
                     raise TocomError(f"{self.stage}.{f.name} needs at least one value")
+                repeated = sorted({v for v in items if items.count(v) > 1}, key=str)
+                if repeated:
+                    raise TocomError(f"{self.stage}.{f.name} lists {', '.join(map(_fmt, repeated))} more than once; "
+                                     "give each value once")
             else:
                 object.__setattr__(self, f.name, _coerce(self.stage, f.name, value, tp))
                 items = [getattr(self, f.name)]
@@ -138,8 +149,11 @@ class Settings:
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per field; a flag left out keeps the field's default (argparse holds no default)."""
+        """One flag per field; a flag left out keeps the field's default (argparse holds no default). The parsed
+        arguments list the settings classes they hold (`settings_classes`), so a command checks every value
+        before it starts."""
         hints = typing.get_type_hints(cls)
+        parser.set_defaults(settings_classes=(*(parser.get_default("settings_classes") or ()), cls))
         group = parser.add_argument_group(f"{cls.stage} settings (defaults: tocom/settings.py {cls.__name__})")
         for f in fields(cls):
             tp, seq, optional = _base_type(hints[f.name])
@@ -188,10 +202,12 @@ def _default(f):
 def _field_schema(f, annotation) -> dict:
     tp, seq, optional = _base_type(annotation)
     schema = {"type": _JSON_TYPES[tp], **_RANGES.get((f.metadata["check"], tp), {})}
+    if f.metadata["maximum"] is not None:
+        schema["maximum"] = f.metadata["maximum"]
     if f.metadata["choices"]:
         schema["enum"] = list(f.metadata["choices"])
     if seq:
-        schema = {"type": "array", "items": schema, "minItems": 1}
+        schema = {"type": "array", "items": schema, "minItems": 1, "uniqueItems": True}
     if optional:
         schema["type"] = [schema["type"], "null"]
     return {**schema, "description": f.metadata["help"], "default": _default(f)}
@@ -259,6 +275,8 @@ def _check(stage, f, v) -> None:
         raise TocomError(f"{stage}.{f.name} must be >= 0, got {v!r}")
     if check == "unit" and not 0 <= v <= 1:
         raise TocomError(f"{stage}.{f.name} must be within [0, 1], got {v!r}")
+    if f.metadata["maximum"] is not None and v > f.metadata["maximum"]:
+        raise TocomError(f"{stage}.{f.name} must be <= {f.metadata['maximum']}, got {v!r}")
 
 
 # ---- the stages ------------------------------------------------------------------------------------
@@ -266,7 +284,8 @@ def _check(stage, f, v) -> None:
 class RunSettings(Settings):
     """How a step runs, not what it computes (only `seed` changes results)."""
     stage = "run"
-    seed: int = setting(0, "random seed (data order, initialisation, sampled degrees)", check="nonneg")
+    seed: int = setting(0, "random seed (data order, initialisation, sampled degrees)", check="nonneg",
+                        maximum=MAX_SEED)
     device: str | None = setting(None, "cpu or cuda (none: cuda when available)", choices=("cpu", "cuda", None))
     amp: bool = setting(True, "bf16 autocast on CUDA (no effect on CPU)")
     workers: int = setting(0, "data-loading worker processes", check="nonneg")
@@ -285,6 +304,13 @@ class TrainSettings(Settings):
     min_lr: float = setting(1e-5, "cosine schedule floor (DeiT's default)", check="nonneg")
     weight_decay: float = setting(0.05, "AdamW weight decay", check="nonneg")
     warmup_epochs: float = setting(0.0, "linear warm-up epochs", check="nonneg")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.min_lr > self.effective_lr:     # the cosine would climb from lr to min_lr
+            scaled = f" (lr x batch_size / 512 = {self.effective_lr:g})" if self.scale_lr else ""
+            raise TocomError(f"{self.stage}.min_lr {self.min_lr:g} is above the learning rate {self.lr:g}{scaled}; "
+                             "the schedule decays from the learning rate to min_lr: lower min_lr")
 
     @property
     def effective_lr(self) -> float:
@@ -374,7 +400,7 @@ class TaskSettings(Settings):
     """The generated VTAB-1k-style tasks (`tocom make-tasks`, tocom/data/fmnist_tasks.py): sizes of the
     VTAB-1k splits and the seed that fixes every image."""
     stage = "tasks"
-    seed: int = setting(0, "generation seed (same seed, byte-identical tasks)", check="nonneg")
+    seed: int = setting(0, "generation seed (same seed, byte-identical tasks)", check="nonneg", maximum=MAX_SEED)
     n_train: int = setting(800, "images in train800", check="positive")
     n_val: int = setting(200, "images in val200", check="positive")
     n_test: int = setting(500, "images in test", check="positive")

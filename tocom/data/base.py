@@ -99,15 +99,19 @@ class TocomDataset(Dataset):
         )
 
 
+#: What PIL raises for a file it cannot decode; DecompressionBombError is an image whose header claims more
+#: pixels than PIL's safety limit (Image.MAX_IMAGE_PIXELS x 2), refused before decoding.
+IMAGE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+
+
 def pil_rgb(path: str) -> Image.Image:
     """Open an image file as RGB; a broken file becomes a one-line TocomError naming it."""
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise data_error(
-            path, "a readable image file", f"the file is missing or corrupt ({type(e).__name__}); re-extract the dataset"
-        ) from None
+    except IMAGE_ERRORS as e:
+        raise data_error(path, "a readable image file", f"the file is missing, corrupt or too large "
+                         f"({type(e).__name__}: {e}); re-extract the dataset") from None
 
 
 class FileListDataset(TocomDataset):

@@ -14,7 +14,9 @@ Each task is written in the VTAB-1k folder layout that `tocom.data.folders.build
 `<out>/<task>/images/<split>/<index:05d>.png` (56x56 8-bit grayscale, items bright on black) and the
 split lists train800.txt, val200.txt, train800val200.txt (= train800 then val200) and test.txt, one
 `relative/path label` per line. `sources.txt` beside them records the t10k index(es) each image was
-drawn from (`relative/path idx[,idx...]`), so tests can check labels and leakage.
+drawn from (`relative/path idx[,idx...]`), so tests can check labels and leakage. `tocom-task.json`
+(`TASK_MARKER`) says the folder was written by this step and with which settings: a rerun replaces a
+folder carrying it, and refuses to touch anything else of that name (a user's folder or file).
 
 No leakage: items of train800/val200 come from t10k indices [0, 5000), items of test from
 [5000, 10000) (`SOURCE_RANGES`); within each range an item is reused only once all items of its
@@ -25,10 +27,11 @@ Deterministic: `seed` fixes every byte; task `t` draws from `SeedSequence([seed,
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -38,6 +41,7 @@ from scipy import ndimage
 from tocom.errors import TocomError
 from tocom.settings import TaskSettings
 
+from ..io import atomic_folder
 from ..layout import GENERATED_FAMILY as FAMILY
 from ..layout import VTAB_SPLIT_FILES
 from .base import data_error
@@ -49,6 +53,9 @@ CANVAS = 56  # px, square; items are pasted with np.maximum (Fashion-MNIST items
 SOURCE_RANGES = {"trainval": (0, 5000), "test": (5000, 10000)}
 #: split -> its list file (its images go to images/<split>/); train800val200.txt is train800 then val200.
 SOURCES_FILE = "sources.txt"
+#: Written into every task folder last: what made it. Only a folder carrying it is ever replaced.
+TASK_MARKER = "tocom-task.json"
+WRITER = "tocom make-tasks"
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
@@ -249,7 +256,8 @@ def balanced_labels(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     return rng.permutation(np.arange(n) % k)
 
 
-def _task_names(tasks) -> list[str]:
+def task_names(tasks) -> list[str]:
+    """Task names (`small` or `fmnist_vtab/small`; None: all), each once, or one TocomError line."""
     if tasks is None:
         return list(TASKS)
     if isinstance(tasks, str):
@@ -259,6 +267,17 @@ def _task_names(tasks) -> list[str]:
     if unknown:
         raise TocomError(f"unknown task(s) {', '.join(unknown)}; expected some of: {', '.join(TASKS)}")
     return list(dict.fromkeys(names))
+
+
+def written_here(path: str | Path) -> bool:
+    """True when `path` is a task folder this step wrote (a real folder carrying TASK_MARKER from WRITER)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        return json.loads((path / TASK_MARKER).read_text(encoding="utf-8")).get("written_by") == WRITER
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _write_task(tmp: str, spec: TaskSpec, images, labels, seed: int, sizes: dict[str, int]) -> None:
@@ -289,32 +308,31 @@ def write_tasks(out_dir: str, settings: TaskSettings | None = None, fashion_root
     """Write the tasks (default: all of TASKS) under out_dir/<task>/ with the sizes and seed of `settings`
     (default: TaskSettings()); returns the task folders.
 
-    Each task is built in out_dir/<task>.tmp-<pid> and renamed into place when complete (an existing
-    folder of that name is replaced), so a crash never leaves half a task behind. `log(msg)` hears
-    one line per task written.
+    Each task is built in a fresh temporary folder beside out_dir/<task> and renamed into place when
+    complete, so a crash never leaves half a task behind (the next run removes what a killed one left).
+    An existing out_dir/<task> is replaced only if this step wrote it (`written_here`); anything else of
+    that name stops the run, before any task is written. `log(msg)` hears one line per task written.
     """
     s = settings or TaskSettings()
-    names = _task_names(tasks)
+    names = task_names(tasks)
     sizes = {"train": s.n_train, "val": s.n_val, "test": s.n_test}
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise TocomError(f"{out_dir} is a file, not a folder; name a folder to write the tasks into")
+    for name in names:
+        final = os.path.join(out_dir, name)
+        if os.path.lexists(final) and not written_here(final):
+            raise TocomError(f"{final} exists and was not written by {WRITER} (no {TASK_MARKER} in it); move it "
+                             "away or write the tasks elsewhere")
     images, labels = read_t10k(fashion_root)
-    os.makedirs(out_dir, exist_ok=True)
     written = []
     for name in names:
         start = time.perf_counter()
         final = os.path.join(out_dir, name)
-        tmp = f"{final}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            _write_task(tmp, TASKS[name], images, labels, s.seed, sizes)
-            if os.path.lexists(final):
-                if os.path.isdir(final) and not os.path.islink(final):
-                    shutil.rmtree(final)
-                else:
-                    os.remove(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with atomic_folder(final, may_replace=written_here) as tmp:
+            _write_task(str(tmp), TASKS[name], images, labels, s.seed, sizes)
+            marker = {"written_by": WRITER, "task": f"{FAMILY}/{name}", "settings": s.asdict(),
+                      "fashion_root": str(fashion_root)}
+            (tmp / TASK_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         written.append(final)
         if log is not None:
             log(f"{FAMILY}/{name}: {sum(sizes.values())} images in {final} ({time.perf_counter() - start:.1f} s)")

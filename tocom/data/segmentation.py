@@ -38,7 +38,7 @@ from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..errors import TocomError
-from .base import DEFAULT_SPLIT_SEED, TocomDataset, data_error, holdout_positions, pil_rgb, require_dir
+from .base import DEFAULT_SPLIT_SEED, IMAGE_ERRORS, TocomDataset, data_error, holdout_positions, pil_rgb, require_dir
 from .transforms import TRAIN_SPLITS
 
 IGNORE_INDEX = 255
@@ -191,7 +191,7 @@ class ADE20KDataset(SegmentationDataset):
         try:
             with Image.open(path) as a:
                 ann = np.asarray(a)
-        except (OSError, ValueError) as e:
+        except IMAGE_ERRORS as e:
             raise data_error(path, "a readable ADE20K annotation PNG", f"the file is missing or corrupt "
                              f"({type(e).__name__}); re-extract ADEChallengeData2016.zip") from None
         if ann.ndim != 2:

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from ..compress import set_r
 from ..errors import TocomError
 from ..io import atomic_path, write_json
+from ..layout import LOCK, RECORD, RESUME
 from ..plugin import ToCom, compensate
 from ..settings import EvalSettings
 
@@ -119,7 +120,7 @@ RESUME_FORMAT = 2      # 1: trainable.safetensors + state.pt written one after t
 
 
 def _resume_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".resume")
+    return out.with_name(out.name + RESUME)
 
 
 def _resume_file(out: Path) -> Path:
@@ -127,7 +128,7 @@ def _resume_file(out: Path) -> Path:
 
 
 def _lock_path(out: Path) -> Path:
-    return out.with_name(out.name + ".lock")
+    return out.with_name(out.name + LOCK)
 
 
 def _canonical(obj) -> str:
@@ -154,8 +155,7 @@ def _save_resume(out: Path, params: dict[str, torch.nn.Parameter], opt: torch.op
     state = {"format": RESUME_FORMAT, "fingerprint": _canonical(fingerprint), "epoch": epoch,
              "trainable": {k: p.detach().cpu().clone() for k, p in params.items()},
              "optimizer": opt.state_dict()}
-    _resume_dir(out).mkdir(parents=True, exist_ok=True)
-    with atomic_path(_resume_file(out)) as tmp:
+    with atomic_path(_resume_file(out)) as tmp:        # creates <out>.resume/, and removes it again if this fails
         torch.save(state, tmp)
 
 
@@ -407,7 +407,7 @@ def finish(out: Path, rt: Runtime, write: Callable[[], None], record: dict | Non
         try:
             write()
             if record is not None:
-                write_json(record, out.with_name(out.name + ".json"))
+                write_json(record, out.with_name(out.name + RECORD))
             shutil.rmtree(_resume_dir(out), ignore_errors=True)
         finally:
             release_output_lock(out)

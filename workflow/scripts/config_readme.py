@@ -90,7 +90,8 @@ def type_of(root: dict, node: dict) -> str:
     kinds = [kinds] if isinstance(kinds, str) else kinds
     base = next((k for k in kinds if k != "null"), "object")
     if base == "array":
-        text = "list of " + type_of(root, resolve(root, node.get("items", {}))[0])
+        text = ("list of distinct " if node.get("uniqueItems") else "list of ") + \
+            type_of(root, resolve(root, node.get("items", {}))[0])
     elif "enum" in node:
         text = "one of " + ", ".join(fmt(v) for v in node["enum"] if v is not None)
     else:
