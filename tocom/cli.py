@@ -22,7 +22,7 @@ from . import layout
 from .errors import TocomError
 from .settings import (SPLITS, UNCOMPRESSED, BenchSettings, DistillSettings, EvalMethodSettings, EvalSettings,
                        FinetuneSettings, MeasureSettings, PretrainSettings, RunSettings, SegmentSettings,
-                       SourceMethodSettings, SourceSettings, SweepSettings, splits_overlap)
+                       SourceMethodSettings, SourceSettings, SweepSettings, check_choosing_split, splits_overlap)
 
 COMMANDS: dict[str, tuple] = {}
 
@@ -157,11 +157,14 @@ def _pretrain(args):
     from .engine.finetune import train_classifier
     from .models import create_backbone
 
+    from .lineage import start
+
     s, run = PretrainSettings.from_args(args), RunSettings.from_args(args)
     model = create_backbone(args.backbone, num_classes=get_spec(args.dataset).num_classes)
     data = _dataset(args, model, s.split, s.limit, run.seed)
+    # a backbone pretrained here is the root of its lineage: its own digest identifies what is made from it
     train_classifier(model, data, args.out, {"backbone": args.backbone, "dataset": args.dataset, "stage": "pretrain"},
-                     s, run)
+                     s, run, lineage={"role": "backbone", "init": start(None, args.backbone, False, run.seed)["backbone"]})
 
 
 _pretrain.configure = _configure_pretrain
@@ -179,6 +182,7 @@ def _configure_distill(p):
          reads=("checkpoint", "data_root"), writes=_trained)
 def _distill(args):
     from .engine.distill import distill
+    from .lineage import start
     from .models import resolve_model
 
     from .compress import patch
@@ -192,7 +196,8 @@ def _distill(args):
     _check_degree(model, "r_max", [s.r_max])
     data = _dataset(args, model, s.split, s.limit, run.seed)
     distill(model, data, args.out, s, run,
-            record={"backbone": meta["backbone"], "dataset": args.dataset, "checkpoint": args.checkpoint})
+            record={"backbone": meta["backbone"], "dataset": args.dataset, "checkpoint": args.checkpoint},
+            lineage=start(args.checkpoint, args.backbone or meta["backbone"], args.pretrained, run.seed))
 
 
 _distill.configure = _configure_distill
@@ -220,31 +225,37 @@ def _finetuned(args) -> list[str]:
 def _finetune(args):
     from .data import get_spec
     from .engine.finetune import train_classifier
+    from .lineage import file_entry, start
     from .models import resolve_model
 
     src, s, run = SourceMethodSettings.from_args(args), FinetuneSettings.from_args(args), RunSettings.from_args(args)
     if src.method == UNCOMPRESSED and src.r:
         raise TocomError(f"--method {UNCOMPRESSED} trains uncompressed, at --r 0; give a method for --r {src.r}")
+    if args.score_split:     # a score chooses a search candidate: never on test
+        check_choosing_split(args.score_split, (), "--score-split")
+    spec = get_spec(args.dataset)
+    model, meta = resolve_model(args.backbone, args.checkpoint, args.pretrained, num_classes=spec.num_classes)
+    lineage = start(args.checkpoint, args.backbone or meta["backbone"], args.pretrained, run.seed)
     if args.chosen:
         from .search import read_chosen
 
-        s = s.replace(**read_chosen(args.chosen))
+        s = s.replace(**read_chosen(args.chosen, args.dataset, lineage["backbone"]))
+        lineage["chosen"] = file_entry(args.chosen)
     if args.score_split and splits_overlap(s.split, args.score_split):
         raise TocomError(f"--score-split {args.score_split} overlaps the training split {s.split}; score on held-out data")
-    spec = get_spec(args.dataset)
-    model, meta = resolve_model(args.backbone, args.checkpoint, args.pretrained, num_classes=spec.num_classes)
     _check_degree(model, "--r", [src.r])
     data = _dataset(args, model, s.split, s.limit, run.seed)
     train_classifier(model, data, args.out, {"backbone": meta["backbone"], "dataset": args.dataset,
                                              "model_kwargs": meta.get("model_kwargs", {})},
-                     s, run, method=src.method, r=src.r)
+                     s, run, method=src.method, r=src.r, lineage=lineage)
     if args.score_split:
         from .engine.evaluate import score
         from .models import load_model
 
         model, meta = load_model(args.out)
         score(model, meta, _dataset(args, model, args.score_split, None, run.seed), EvalSettings(), run,
-              out=args.out + layout.SCORE)
+              out=args.out + layout.SCORE,
+              lineage={"backbone": lineage["backbone"], "model": file_entry(args.out)})
 
 
 _finetune.configure = _configure_finetune
@@ -276,6 +287,71 @@ def _plugin_spec(spec: str) -> tuple[str, str]:
     return label, path
 
 
+# ---- what the evaluation commands check and record (tocom/lineage.py; docs/lineage.md) --------------------------
+def _override_args(p, dataset: bool = True):
+    p.add_argument("--allow-other-backbone", action="store_true",
+                   help="go on although the inputs come from different pretrained backbones (a warning line; the "
+                        "output's record lists the override)")
+    if dataset:
+        p.add_argument("--allow-other-dataset", action="store_true",
+                       help="evaluate on another dataset than the model was fine-tuned on, on purpose (no warning; "
+                            "the output's record lists the override)")
+
+
+def _seed_of(args, run: RunSettings, meta: dict, path) -> RunSettings:
+    """The seed the model was trained with (its header) names the rows, unless --seed says otherwise (one warning)."""
+    from .lineage import warn
+
+    recorded = meta.get("seed")
+    if recorded is None:
+        return run
+    if not hasattr(args, "seed"):       # RunSettings' flags default to SUPPRESS: absent means not given
+        return run.replace(seed=recorded)
+    if run.seed != recorded:
+        warn(f"{path} was trained with seed {recorded}; evaluating it and recording seed {run.seed}, as --seed says")
+    return run
+
+
+def _dataset_of(args, meta: dict, path, allowed: list) -> None:
+    """--dataset defaults to the one the model was fine-tuned on; another one with the same class count is said
+    (one warning line) unless --allow-other-dataset names the change (then recorded). Another class count is
+    refused by the evaluator's class check."""
+    from .data import get_spec
+    from .lineage import DATASET_FLAG, warn
+
+    trained = meta.get("dataset")
+    if not args.dataset:
+        args.dataset = trained
+    elif trained and args.dataset != trained:
+        if args.allow_other_dataset:
+            allowed.append("other_dataset")
+        elif get_spec(args.dataset).num_classes == meta.get("num_classes"):
+            warn(f"{path} was fine-tuned on {trained}; evaluating it on {args.dataset} (pass {DATASET_FLAG} "
+                 "if you mean it)")
+
+
+def _plugin_lineage(what: str, identity: dict | None, plugins: dict, allow: bool, allowed: list) -> dict:
+    """Each plugin was distilled on the model's pretrained backbone (else refused, or allowed and recorded)."""
+    from .lineage import backbone_of, check_backbones, file_entry
+
+    records = {}
+    for label, plugin in plugins.items():
+        theirs = backbone_of(plugin.path, plugin.extra)
+        if check_backbones(what, identity, f"plugin {label} ({plugin.path})", theirs, allow):
+            allowed.append("other_backbone")
+        records[label] = {**file_entry(plugin.path), "backbone": theirs}
+    return records
+
+
+def _record(args, command: str, run: RunSettings, lineage: dict, data: dict, allowed: list) -> None:
+    """`<out>.json`: what the CSV was made from (content digests), with the overrides the user asked for."""
+    from .lineage import data_entry, write_record
+
+    write_record(args.out, {"command": command, "seed": run.seed,
+                            "lineage": {**lineage, "data": {name: data_entry(ds) for name, ds in data.items()},
+                                        "allowed": sorted(set(allowed))}})
+
+
 def _read_plugins(specs: list[str]) -> dict:
     """[LABEL=]PATH specs -> {label: plugin}; the label fills the `variant` column (default: the plugin's)."""
     from .plugin import ToCom
@@ -305,28 +381,43 @@ def _configure_evaluate(p):
                         "the label fills the `variant` column (default: the plugin's variant)")
     EvalSettings.add_arguments(p)
     RunSettings.add_arguments(p)
-    p.add_argument("--out", required=True, help="tidy CSV to write")
+    _override_args(p)
+    p.add_argument("--out", required=True, help="tidy CSV to write (its record: OUT.json)")
 
 
 @command("evaluate", "top-1 at every target r, with and without ToCom (one tidy CSV)",
          reads=("checkpoint", "select_checkpoint", "plugin", "data_root"))
 def _evaluate(args):
     from .engine.evaluate import cross_evaluate
+    from .lineage import backbone_of, check_backbones, file_entry
     from .models import load_model
 
     s, run, method = EvalSettings.from_args(args), RunSettings.from_args(args), EvalMethodSettings.from_args(args).method
     model, meta = load_model(args.checkpoint)
-    args.dataset = args.dataset or meta.get("dataset")
+    run, allowed = _seed_of(args, run, meta, args.checkpoint), []
+    _dataset_of(args, meta, args.checkpoint, allowed)
     _check_degree(model, "target r", args.targets)
     plugins = _read_plugins(args.plugin)
+    identity = backbone_of(args.checkpoint, meta)
+    lineage = {"model": {**file_entry(args.checkpoint), "backbone": identity},
+               "plugins": _plugin_lineage(f"the model {args.checkpoint}", identity, plugins, args.allow_other_backbone,
+                                          allowed)}
     selector = None
     if args.select_checkpoint:
         sel_model, sel_meta = load_model(args.select_checkpoint)
+        if sel_meta.get("dataset") != meta.get("dataset"):
+            raise TocomError(f"--select-checkpoint {args.select_checkpoint} was fine-tuned on {sel_meta.get('dataset')}, "
+                             f"the evaluated model on {meta.get('dataset')}; choose s with a companion fine-tuned on "
+                             "the same dataset")
+        theirs = backbone_of(args.select_checkpoint, sel_meta)
+        check_backbones(f"the model {args.checkpoint}", identity, f"--select-checkpoint {args.select_checkpoint}", theirs)
+        lineage["selector"] = {**file_entry(args.select_checkpoint), "backbone": theirs}
         selector = (sel_model, sel_meta, _dataset(args, sel_model, s.select_split, s.limit, run.seed))
     splits = {name: _dataset(args, model, name, s.limit, run.seed) for name in s.splits
               if not (selector and name == s.select_split)}
     cross_evaluate(model, {**meta, "dataset": args.dataset}, splits, args.targets, plugins, s, run,
                    selector=selector, out=args.out, method=method)
+    _record(args, "evaluate", run, lineage, {**splits, **({s.select_split: selector[2]} if selector else {})}, allowed)
 
 
 _evaluate.configure = _configure_evaluate
@@ -342,7 +433,39 @@ def _configure_transfer(p):
     EvalMethodSettings.add_arguments(p)
     EvalSettings.add_arguments(p)
     RunSettings.add_arguments(p)
-    p.add_argument("--out", required=True, help="CSV to write")
+    _override_args(p)
+    p.add_argument("--out", required=True, help="CSV to write (its record: OUT.json)")
+
+
+def _check_transfer(args, meta_b: dict, high: dict, low: dict, allowed: list) -> dict:
+    """Everything the row "M{high}_A - M0_A + M0_B" claims, before any work: three different models (not plugins:
+    `read_meta` refuses those), M_0^A and M_0^B at r = 0 and M_high^A above it, A's two on one dataset, all three
+    from B's pretrained backbone. Returns their lineage."""
+    from .lineage import backbone_of, check_backbones, file_entry
+
+    models = {"--high-a": (args.high_a, high), "--low-a": (args.low_a, low), "--model-b": (args.model_b, meta_b)}
+    entries = {flag: file_entry(path) for flag, (path, _) in models.items()}
+    if entries["--high-a"]["sha256"] == entries["--low-a"]["sha256"]:
+        raise TocomError(f"--high-a {args.high_a} and --low-a {args.low_a} are the same model; pass M_high^A "
+                         "(fine-tuned on A at the high degree) and M_0^A (fine-tuned on A at r = 0)")
+    for flag, name in (("--low-a", "M_0^A"), ("--model-b", "M_0^B")):
+        r = models[flag][1].get("source_r", 0)
+        if r != 0:
+            raise TocomError(f"{flag} {models[flag][0]} was fine-tuned at r={r}, but the row uses it as {name}; "
+                             "pass the model fine-tuned at r = 0")
+    if not high.get("source_r"):
+        raise TocomError(f"--high-a {args.high_a} was fine-tuned at r={high.get('source_r')}, not above 0; pass "
+                         "M_high^A, fine-tuned on A at the high degree (the row is named after it)")
+    if high.get("dataset") != low.get("dataset"):
+        raise TocomError(f"--high-a {args.high_a} was fine-tuned on {high.get('dataset')} but --low-a {args.low_a} on "
+                         f"{low.get('dataset')}; A's two models are fine-tuned on the same dataset A")
+    identity = {flag: backbone_of(path, m) for flag, (path, m) in models.items()}
+    for first, second in (("--high-a", "--low-a"), ("--low-a", "--model-b")):
+        if check_backbones(f"{first} {models[first][0]}", identity[first], f"{second} {models[second][0]}",
+                           identity[second], args.allow_other_backbone):
+            allowed.append("other_backbone")
+    return {flag.lstrip("-").replace("-", "_"): {**entries[flag], "backbone": identity[flag],
+                                                 "source_r": models[flag][1].get("source_r")} for flag in models}
 
 
 @command("transfer", "task-arithmetic check (Table 1): M_16^A - M_0^A + M_0^B evaluated on B",
@@ -353,11 +476,15 @@ def _transfer(args):
 
     s, run, method = EvalSettings.from_args(args), RunSettings.from_args(args), EvalMethodSettings.from_args(args).method
     model, meta = load_model(args.model_b)
-    args.dataset = args.dataset or meta.get("dataset")
+    run, allowed = _seed_of(args, run, meta, args.model_b), []
+    _dataset_of(args, meta, args.model_b, allowed)
     _check_degree(model, "--target-r", [args.target_r])
+    high, low = read_meta(args.high_a), read_meta(args.low_a)
+    lineage = _check_transfer(args, meta, high, low, allowed)
     data = _dataset(args, model, args.split, s.limit, run.seed)
     transfer(model, {**meta, "dataset": args.dataset}, read_state_dict(args.high_a), read_state_dict(args.low_a),
-             data, args.target_r, s, run, out=args.out, method=method, high_r=int(read_meta(args.high_a)["source_r"]))
+             data, args.target_r, s, run, out=args.out, method=method, high_r=high["source_r"])
+    _record(args, "transfer", run, lineage, {args.split: data}, allowed)
 
 
 _transfer.configure = _configure_transfer
@@ -386,6 +513,7 @@ def _configure_segment_finetune(p):
 def _segment_finetune(args):
     from .data import get_spec
     from .engine.segment import build_segmenter, segment_finetune
+    from .lineage import start
     from .models import read_meta
 
     src, s, run = SourceSettings.from_args(args), SegmentSettings.from_args(args), RunSettings.from_args(args)
@@ -400,7 +528,8 @@ def _segment_finetune(args):
     model = build_segmenter(backbone, spec.num_classes, s, args.checkpoint, args.pretrained)
     data = _seg_dataset(args, s.split, s.limit, run.seed, s.crop_size)
     segment_finetune(model, data, args.out, src.r, s, run,
-                     record={"dataset": args.dataset, "checkpoint": args.checkpoint})
+                     record={"dataset": args.dataset, "checkpoint": args.checkpoint},
+                     lineage=start(args.checkpoint, backbone, args.pretrained, run.seed))
 
 
 _segment_finetune.configure = _configure_segment_finetune
@@ -415,20 +544,28 @@ def _configure_segment_evaluate(p):
                    help="ToCom plugins distilled with --method tome_ffn on the encoder's backbone")
     EvalSettings.add_arguments(p)
     RunSettings.add_arguments(p)
-    p.add_argument("--out", required=True, help="tidy CSV to write")
+    _override_args(p)
+    p.add_argument("--out", required=True, help="tidy CSV to write (its record: OUT.json)")
 
 
 @command("segment-evaluate", "mIoU at every target r, with and without ToCom (s chosen on val; one tidy CSV)",
          reads=("checkpoint", "plugin", "data_root"))
 def _segment_evaluate(args):
     from .engine.segment import load_segmenter, segment_evaluate
+    from .lineage import backbone_of, file_entry
 
     s, run = EvalSettings.from_args(args), RunSettings.from_args(args)
     model, meta = load_segmenter(args.checkpoint)
-    args.dataset = args.dataset or meta.get("dataset")
+    run, allowed = _seed_of(args, run, meta, args.checkpoint), []
+    _dataset_of(args, meta, args.checkpoint, allowed)
     plugins = _read_plugins(args.plugin)
+    identity = backbone_of(args.checkpoint, meta)
+    lineage = {"model": {**file_entry(args.checkpoint), "backbone": identity},
+               "plugins": _plugin_lineage(f"the Segmenter {args.checkpoint}", identity, plugins,
+                                          args.allow_other_backbone, allowed)}
     splits = {name: _seg_dataset(args, name, s.limit, run.seed, meta["img_size"]) for name in s.splits}
     segment_evaluate(model, {**meta, "dataset": args.dataset}, splits, args.targets, plugins, s, run, out=args.out)
+    _record(args, "segment-evaluate", run, lineage, splits, allowed)
 
 
 _segment_evaluate.configure = _configure_segment_evaluate

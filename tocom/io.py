@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
+import struct
 import tempfile
+from functools import lru_cache
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -225,16 +228,63 @@ def save_figure(fig, path: str | Path, **kwargs) -> None:
         fig.savefig(tmp, **kwargs)
 
 
+# ---- content digests: what lineage records and compares ---------------------------------------------------
+def file_digest(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes, streamed in 1 MiB blocks; remembered per (inode, size, mtime), so a
+    checkpoint named several times in one command is read once."""
+    st = os.stat(path)
+    return _digest(os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _digest(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 # ---- safetensors: every checkpoint, plugin and Segmenter file, and the headers the aggregation reads --------
 def write_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
-    """Torch tensors as safetensors, atomically; a metadata value that is not a string is stored as JSON
-    (sorted keys), so a header field holds a whole record (read it back with `header_json`)."""
+    """Torch tensors as safetensors, atomically and byte-reproducibly; a metadata value that is not a string is
+    stored as JSON (sorted keys), so a header field holds a whole record (read it back with `header_json`).
+
+    The safetensors library writes the header's keys in a hash order that changes from call to call, so the
+    same tensors and metadata gave different bytes (and digests); `_sorted_header` rewrites the header with
+    sorted keys, which makes identical content an identical file."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     header = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
+        _sorted_header(tmp)
+
+
+def _sorted_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, compact, space-padded to a multiple of 8 bytes
+    (as the format's writer pads it). The tensor bytes stay as they are: their offsets count from the header's
+    end. The sorted header is as long as the library's (the same keys and values, reordered), so it is written
+    over it in place; should the lengths ever differ, the file is rewritten."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    if len(text) == n:
+        with open(path, "r+b") as f:
+            f.seek(8)
+            f.write(text)
+        return
+    import shutil
+
+    rewritten = path.with_name(path.name + ".sorted")
+    with open(path, "rb") as src, open(rewritten, "wb") as dst:
+        src.seek(8 + n)
+        dst.write(struct.pack("<Q", len(text)) + text)
+        shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(rewritten, path)
 
 
 def _unreadable(path, e: Exception, fix: str) -> TocomError:

@@ -157,19 +157,43 @@ def read_meta(path: str | Path) -> dict:
     if not path.is_file():
         raise TocomError(f"no model checkpoint at {path}; run the step that produces it or fix the path")
     fix = "the header is damaged or was edited; re-run the step that wrote it (or pass --backbone to ignore it)"
-    meta = header_json(path, read_safetensors_header(path)[0], "tocom", "tocom header", fix)
+    header = read_safetensors_header(path)[0]
+    meta = header_json(path, header, "tocom", "tocom header", fix)
     if meta is None:
+        if header.get("format") == "tocom":
+            raise TocomError(f"{path} is a ToCom plugin, not a model checkpoint; pass a model written by "
+                             "`tocom finetune` (plugins go to --plugin)")
         raise TocomError(f"{path} has no tocom header; it was not written by tocom (pass third-party .pth "
                          "files as --checkpoint together with --backbone)")
     if not isinstance(meta.get("backbone"), str) or not meta["backbone"]:
         raise TocomError(f"{path}: its tocom header names no backbone; {fix}")
-    n = meta.get("num_classes")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise TocomError(f"{path}: its tocom header has num_classes={n!r}, not a whole number >= 0; {fix}")
-    for key in ("model_kwargs", "adapter"):
-        if meta.get(key) is not None and not isinstance(meta[key], dict):
-            raise TocomError(f"{path}: its tocom header has {key}={meta[key]!r}, not an object; {fix}")
+    check_header_values(path, meta, "tocom header", fix, required={"num_classes": 0},
+                        optional={"source_r": 0, "seed": 0, "epochs": 1})
     return meta
+
+
+#: What a record's fields must hold when present (the numbers: `check_header_values`' minimums).
+_HEADER_TEXT = ("dataset", "method", "mode", "split")
+_HEADER_OBJECTS = ("model_kwargs", "adapter", "settings", "lineage")
+
+
+def check_header_values(path, meta: dict, what: str, fix: str, required: dict[str, int],
+                        optional: dict[str, int] = {}) -> None:  # noqa: B006  (read only)
+    """One line for a header value that is not what the code will use it as: whole numbers with a minimum
+    (`required` must be present), names as strings, records as objects. A header edited to source_r "abc" or a
+    seed of 2.5 would otherwise be a traceback (or a wrong row) far from the file."""
+    for key, least in {**required, **optional}.items():
+        if key not in meta and key not in required:
+            continue
+        v = meta.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise TocomError(f"{path}: its {what} has {key}={v!r}, not a whole number >= {least}; {fix}")
+    for key in _HEADER_TEXT:
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise TocomError(f"{path}: its {what} has {key}={meta[key]!r}, not a name; {fix}")
+    for key in _HEADER_OBJECTS:
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise TocomError(f"{path}: its {what} has {key}={meta[key]!r}, not an object; {fix}")
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -206,8 +230,16 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
                  for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
         raise TocomError(f"{path}: its weights do not fit the header's backbone {meta['backbone']!r} "
                          f"({'; '.join(parts)}); {fix}")
+    check_finite(path, state, fix)
     model.load_state_dict(state)
     return model, meta
+
+
+def check_finite(path, tensors: dict[str, torch.Tensor], fix: str) -> None:
+    """Refuse weights holding NaN or inf: they give chance-level numbers, not an error."""
+    for k, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise TocomError(f"{path}: tensor {k} holds NaN or inf; {fix}")
 
 
 def resolve_model(backbone: str | None, checkpoint: str | None, pretrained: bool = False,

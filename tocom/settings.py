@@ -60,6 +60,22 @@ def splits_overlap(a: str, b: str) -> bool:
 MAX_SEED = 2**32 - 1
 
 
+#: The split nothing is ever chosen on (s, a learning rate, an adapter scale): it only reports.
+REPORT_ONLY = "test"
+
+
+def check_choosing_split(choosing: str, reported=(), name: str = "the selection split") -> None:
+    """What chooses (s, a search candidate) is never the test split and shares no image with a split the choice
+    is reported on: else the reported number is the best of several looks at the same images."""
+    if choosing == REPORT_ONLY:
+        raise TocomError(f"{name} is {REPORT_ONLY!r}: nothing is ever chosen on the {REPORT_ONLY} split; choose on "
+                         "'val' (held out from training) and report on test")
+    shared = [r for r in reported if r != choosing and splits_overlap(choosing, r)]
+    if shared:
+        raise TocomError(f"{name} {choosing!r} overlaps the reported split {shared[0]!r}: the choice would be "
+                         f"reported on the images that made it; report on splits disjoint from {choosing!r}")
+
+
 def setting(default, help: str, *, choices: tuple | None = None, check: str | None = None,
             maximum: int | float | None = None):
     """A field with its help text and its check: positive, nonneg, unit (0..1) or a choice; `maximum` caps it.
@@ -439,6 +455,10 @@ class EvalSettings(Settings):
                                 choices=SPLITS)
     batch_size: int = setting(256, "evaluation batch size", check="positive")
     limit: int | None = setting(None, "evaluate at most this many images per split", check="positive")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choosing_split(self.select_split, self.splits, f"{self.stage}.select_split")
 
     def grid_for(self, train_scale: float) -> tuple[float, ...]:
         factor = train_scale / self.grid_scale

@@ -52,6 +52,10 @@ class TocomDataset(Dataset):
     subclass's own storage (a file list, an array, a procedural index).
     """
 
+    #: Files that decide which items the split holds (VTAB-1k's split lists): their digests go into the lineage
+    #: of every output made from the split (tocom/lineage.py), the dataset's name and root for the others.
+    split_files: tuple[str, ...] = ()
+
     def __init__(self, name: str, split: str, targets: Sequence[int], num_classes: int):
         self.name = name
         self.split = split

@@ -340,4 +340,6 @@ def build_vtab(spec, root: str, split: str, seed: int):
             raise data_error(f"{list_path} line {i + 1}", "'relative/path label' with an integer label", how)
         paths.append(os.path.join(task_dir, parts[0]))
         targets.append(int(parts[1]))
-    return FileListDataset(spec.name, split, paths, targets, spec.num_classes, how)
+    ds = FileListDataset(spec.name, split, paths, targets, spec.num_classes, how)
+    ds.split_files = (list_path,)
+    return ds

@@ -136,14 +136,14 @@ def _canonical(obj) -> str:
 
 
 def _fingerprint_diff(old: dict, new: dict) -> str:
-    """'key: old -> new' for the first few settings that differ (nested keys joined by dots)."""
+    """'key: old -> new' for the first few settings that differ (nested keys joined by dots; digests shortened)."""
     def flat(d, prefix=""):
         out = {}
         for k, v in (d.items() if isinstance(d, dict) else []):
             key = f"{prefix}{k}"
             out.update(flat(v, key + ".") if isinstance(v, dict) and v else {key: _canonical(v)})
         return out
-    a, b = flat(old), flat(new)
+    a, b = ({k: re.sub(r'"([0-9a-f]{12})[0-9a-f]{52}"', r"\1...", v) for k, v in flat(d).items()} for d in (old, new))
     diffs = [f"{k}: {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}" for k in sorted(a.keys() | b.keys())
              if a.get(k) != b.get(k)]
     return ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "") or "format changed"
@@ -181,7 +181,10 @@ def _load_resume(out: Path, params: dict[str, torch.nn.Parameter], fingerprint: 
                 old = json.loads(st.get("fingerprint"))
             except (TypeError, ValueError):
                 old = {}
-            why = f"it was written with other settings ({_fingerprint_diff(old, fingerprint)})"
+            if isinstance(old, dict) and "inputs" in fingerprint and old.get("inputs") != fingerprint["inputs"]:
+                why = f"it was made from other inputs ({_fingerprint_diff(old.get('inputs') or {}, fingerprint['inputs'])})"
+            else:
+                why = f"it was written with other settings ({_fingerprint_diff(old, fingerprint)})"
         elif set(st["trainable"]) != set(params) or any(st["trainable"][k].shape != p.shape for k, p in params.items()):
             why = "its trainable tensors do not match this model"
         elif not 0 < int(st["epoch"]) <= epochs:
@@ -280,19 +283,21 @@ class Fit:
 
 
 def fit(job: Fit, train_loader: DataLoader, out: str | Path, rt: Runtime, seed: int, progress: bool = True,
-        *, fingerprint: dict | None = None) -> None:
+        *, fingerprint: dict | None = None, inputs: dict | None = None) -> None:
     """AdamW + warm-up + cosine (or SGD / poly, see `Fit`) over `job.module`, under DDP when
     distributed, resumable per epoch.
 
-    `fingerprint`: every setting of the caller that shapes the result (data, model, loss, ...); saved
-    state is resumed only when it and fit's own settings are unchanged. Rank 0 holds `<out>.lock` from
-    here until `finish` (or until this raises).
+    `fingerprint`: every setting of the caller that shapes the result (data, model, loss, ...); `inputs`: the
+    content of what it was made from (`lineage.comparable` of the output's lineage: starting checkpoint,
+    backbone, data). Saved state is resumed only when these and fit's own settings are unchanged, so a rerun
+    with another --checkpoint or --data-root starts afresh, saying which input changed. Rank 0 holds
+    `<out>.lock` from here until `finish` (or until this raises).
     """
     out = Path(out)
     if rt.main:
         acquire_output_lock(out)
     try:
-        _fit(job, train_loader, out, rt, seed, progress, fingerprint)
+        _fit(job, train_loader, out, rt, seed, progress, fingerprint, inputs)
     except BaseException:
         if rt.main:
             release_output_lock(out)
@@ -300,7 +305,7 @@ def fit(job: Fit, train_loader: DataLoader, out: str | Path, rt: Runtime, seed: 
 
 
 def _fit(job: Fit, train_loader: DataLoader, out: Path, rt: Runtime, seed: int, progress: bool,
-         fingerprint: dict | None) -> None:
+         fingerprint: dict | None, inputs: dict | None = None) -> None:
     params = job.trainable()
     if job.optimizer == "adamw":
         opt = torch.optim.AdamW(params.values(), lr=job.lr, weight_decay=job.weight_decay)
@@ -320,6 +325,8 @@ def _fit(job: Fit, train_loader: DataLoader, out: Path, rt: Runtime, seed: int, 
                      "warmup_epochs": job.warmup_epochs, "min_lr": job.min_lr, "clip_grad": job.clip_grad,
                      "seed": seed, "steps_per_epoch": steps_per_epoch, "world": rt.world,
                      "trainable": {k: list(p.shape) for k, p in params.items()}}}
+    if inputs is not None:
+        stamp["inputs"] = inputs
     # Only what differs from the classification recipe joins the stamp, so resume state written
     # before these options existed still matches.
     if job.optimizer != "adamw":
@@ -445,6 +452,23 @@ def choose_scale(grid: Sequence[float], rows: list[dict], switch, score) -> floa
     return grid[best]
 
 
+def check_plugins(models: Sequence[torch.nn.Module], plugins: dict[str, ToCom], source: int,
+                  targets: Sequence[int]) -> None:
+    """Every plugin fits every model (depth, width, backbone, method) and covers every move source -> target
+    (r_max, degree step), checked before the first forward pass: found in the plugin loop, a misfit wasted every
+    plain pass before it."""
+    for label, plugin in plugins.items():
+        try:
+            for m in models:
+                plugin.check_fits(m)
+            for target in targets:
+                if target != source:
+                    plugin.coefficients(source, target)
+        except TocomError as e:
+            where = f" ({plugin.path})" if getattr(plugin, "path", None) else ""
+            raise TocomError(f"plugin {label}{where}: {e}") from None
+
+
 def evaluate_targets(models: Sequence[torch.nn.Module], splits: Sequence[str], targets: Sequence[int], source: int,
                      plugins: dict[str, ToCom], s: EvalSettings, measure: Callable[..., dict], metric: str,
                      device: torch.device, base: dict) -> list[dict]:
@@ -457,6 +481,7 @@ def evaluate_targets(models: Sequence[torch.nn.Module], splits: Sequence[str], t
     `measure(split, target, variant, scale)` scores one split and returns the row's metric columns,
     `metric` naming the one s is chosen on. `base`: the columns every row shares.
     """
+    check_plugins(models, plugins, source, targets)
     rows: list[dict] = []
     select = s.select_split
 

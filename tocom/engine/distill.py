@@ -30,6 +30,7 @@ from torch import nn
 
 from ..compress import max_r, patch, set_r
 from ..errors import TocomError
+from ..lineage import comparable, data_entry
 from ..plugin import ToCom, compensate
 from ..settings import DistillSettings, RunSettings
 from .common import Fit, Runtime, finish, fit, loader, runtime, seed_everything, set_drop_path
@@ -103,8 +104,12 @@ class SelfDistillation(nn.Module):
 
 
 def distill(model: nn.Module, train_set, out: str | Path, s: DistillSettings | None = None,
-            run: RunSettings | None = None, record: dict | None = None, rt: Runtime | None = None) -> ToCom:
-    """Train a ToCom plugin for `model` (frozen) on `train_set`; write it to `out` (safetensors)."""
+            run: RunSettings | None = None, record: dict | None = None, rt: Runtime | None = None,
+            lineage: dict | None = None) -> ToCom:
+    """Train a ToCom plugin for `model` (frozen) on `train_set`; write it to `out` (safetensors).
+
+    `lineage` (tocom/lineage.py: the backbone it is distilled on, the checkpoint it was read from) goes into
+    the plugin's `extra` with the data's entry added, and its content into the resume fingerprint."""
     s, run = s or DistillSettings(), run or RunSettings()
     if s.loss != "features" and getattr(model, "num_classes", 0) == 0:
         raise TocomError("this backbone has no classification head; distill with loss='features' (as the paper does for MAE)")
@@ -124,9 +129,10 @@ def distill(model: nn.Module, train_set, out: str | Path, s: DistillSettings | N
     job = Fit(SelfDistillation(model, plugin, s, getattr(train_set, "num_classes", None)), epochs=s.epochs, lr=s.effective_lr, weight_decay=s.weight_decay,
               warmup_epochs=s.warmup_epochs, min_lr=s.min_lr, desc=f"distill {s.variant}")
     fingerprint = {**s.fingerprint(), "seed": run.seed, **(record or {})}
+    lineage = {**(lineage or {}), "data": data_entry(train_set)}
     fit(job, loader(train_set, s.batch_size, rt, train=True, seed=run.seed, workers=run.workers), out, rt, run.seed,
-        not run.quiet, fingerprint=fingerprint)
+        not run.quiet, fingerprint=fingerprint, inputs=comparable(lineage))
     set_drop_path(model, 0.0)
-    info = {"settings": s.asdict(), "train_scale": s.scale, "seed": run.seed, **(record or {})}
+    info = {"settings": s.asdict(), "train_scale": s.scale, "seed": run.seed, **(record or {}), "lineage": lineage}
     finish(Path(out), rt, lambda: plugin.save(out, extra=info), record=info)
     return plugin

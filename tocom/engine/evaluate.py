@@ -26,6 +26,7 @@ from torch import nn
 from ..compress import max_r, method_of, patch, set_r
 from ..errors import TocomError
 from ..io import write_csv, write_json
+from ..lineage import data_entry
 from ..plugin import ToCom
 from ..settings import METHODS, UNCOMPRESSED, EvalSettings, RunSettings, splits_overlap
 from .common import accuracy, evaluate_targets, loader, runtime
@@ -63,8 +64,8 @@ def check_selection(meta: dict, select_split: str, what: str) -> None:
               "held-out images", file=sys.stderr)
     elif splits_overlap(trained, select_split):
         raise TocomError(f"{what} was trained on '{trained}', which contains the selection split "
-                         f"'{select_split}'; choose s with a model trained without it (--select-checkpoint) "
-                         "or on another split")
+                         f"'{select_split}'; choose s with a companion model trained without '{select_split}' "
+                         "at the same source r (--select-checkpoint)")
 
 
 def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence[int],
@@ -154,6 +155,11 @@ def transfer(model_b: nn.Module, meta_b: dict, high_a: dict, low_a: dict, test_s
     seed, progress = run.seed, not run.quiet
     rows = []
     plain = {k: v.clone() for k, v in model_b.state_dict().items()}
+    moved = [k for k, v in plain.items() if k in high_a and k in low_a and high_a[k].shape == v.shape
+             and v.is_floating_point() and not k.startswith(("head", "fc_norm"))]
+    if not moved:
+        raise TocomError("M_high^A and M_0^A share no weight with M_0^B (other architectures); the arithmetic would "
+                         "leave M_0^B unchanged: pass models fine-tuned from B's backbone")
     arith = task_arithmetic({k: v.to(rt.device) for k, v in high_a.items()},
                             {k: v.to(rt.device) for k, v in low_a.items()}, plain)
     for name, state in (("M0_B", plain), (f"M{high_r}_A-M0_A+M0_B", arith)):
@@ -168,8 +174,10 @@ def transfer(model_b: nn.Module, meta_b: dict, high_a: dict, low_a: dict, test_s
     return df
 
 
-def score(model: nn.Module, meta: dict, data, s: EvalSettings, run: RunSettings, out: str | Path) -> dict:
-    """Plain top-1 at the model's own source r on a held-out split (a search candidate's score)."""
+def score(model: nn.Module, meta: dict, data, s: EvalSettings, run: RunSettings, out: str | Path,
+          lineage: dict | None = None) -> dict:
+    """Plain top-1 at the model's own source r on a held-out split (a search candidate's score), with what `select`
+    compares candidates by: the split, dataset, source r and backbone (`lineage['backbone']`)."""
     check_classes(model, data, "the model")
     check_selection(meta, data.split, "the model")
     rt = runtime(run.device, run.amp)
@@ -178,6 +186,7 @@ def score(model: nn.Module, meta: dict, data, s: EvalSettings, run: RunSettings,
     model.to(rt.device).eval()
     top1, n = accuracy(model, loader(data, s.batch_size, rt, train=False, seed=run.seed), rt, not run.quiet)
     result = {"top1": top1, "n": n, "split": data.split, "dataset": meta.get("dataset"),
-              "source_r": meta.get("source_r"), "settings": meta.get("settings", {})}
+              "source_r": meta.get("source_r"), "settings": meta.get("settings", {}),
+              "backbone": (lineage or {}).get("backbone"), "lineage": {**(lineage or {}), "data": data_entry(data)}}
     write_json(result, out)
     return result

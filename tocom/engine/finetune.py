@@ -17,6 +17,7 @@ from torch import nn
 from ..adapters import add_adapters
 from ..compress import max_r, patch, set_r
 from ..errors import TocomError
+from ..lineage import comparable, data_entry
 from ..models import save_model
 from ..settings import METHODS, UNCOMPRESSED, FinetuneSettings, PretrainSettings, RunSettings
 from .common import Fit, Runtime, finish, fit, loader, runtime, seed_everything, set_drop_path
@@ -46,11 +47,14 @@ class Classification(nn.Module):
 
 def train_classifier(model: nn.Module, train_set, out: str | Path, meta: dict,
                      s: FinetuneSettings | PretrainSettings | None = None, run: RunSettings | None = None,
-                     method: str = UNCOMPRESSED, r: int = 0, rt: Runtime | None = None) -> nn.Module:
+                     method: str = UNCOMPRESSED, r: int = 0, rt: Runtime | None = None,
+                     lineage: dict | None = None) -> nn.Module:
     """Train `model` on `train_set` with `method` at degree `r`; save it (weights + settings) to `out`.
 
     At r = 0 nothing is compressed, whatever `method` (UNCOMPRESSED included): the run is the same for
-    every method and the checkpoint records method UNCOMPRESSED."""
+    every method and the checkpoint records method UNCOMPRESSED. `lineage` (tocom/lineage.py: the backbone
+    and checkpoint it starts from) goes into the header with the training data's entry added, and its
+    content into the resume fingerprint."""
     s, run = s or FinetuneSettings(), run or RunSettings()
     mode = s.mode
     if method == UNCOMPRESSED and r:
@@ -76,9 +80,10 @@ def train_classifier(model: nn.Module, train_set, out: str | Path, meta: dict,
               epochs=s.epochs, lr=s.effective_lr, weight_decay=s.weight_decay, warmup_epochs=s.warmup_epochs,
               min_lr=s.min_lr, desc=f"train r={r}")
     fingerprint = {**s.fingerprint(), "method": method, "r": r, "seed": run.seed, **meta}
+    lineage = {**(lineage or {}), "data": data_entry(train_set)}
     fit(job, loader(train_set, s.batch_size, rt, train=True, seed=run.seed, workers=run.workers), out, rt, run.seed,
-        not run.quiet, fingerprint=fingerprint)
-    meta = {**meta, "num_classes": model.num_classes, "method": method, "source_r": r, "mode": mode,
+        not run.quiet, fingerprint=fingerprint, inputs=comparable(lineage))
+    meta = {**meta, "lineage": lineage, "num_classes": model.num_classes, "method": method, "source_r": r, "mode": mode,
             "split": s.split, "settings": {"stage": s.stage, **s.asdict()},
             "adapter": {"hidden": s.adapter_dim, "scale": s.adapter_scale} if mode == "adaptformer" else None,
             "epochs": s.epochs, "seed": run.seed}

@@ -34,6 +34,8 @@ from torch import nn
 from ..compress import max_r, patch, set_r
 from ..errors import TocomError
 from ..io import header_json, read_safetensors_header, write_csv, write_safetensors
+from ..lineage import comparable, data_entry
+from ..models import check_header_values
 from ..plugin import ToCom
 from ..segment import MeanIoU, create_segmenter, segmenter_flops
 from ..settings import EvalSettings, RunSettings, SegmentSettings, splits_overlap
@@ -67,6 +69,10 @@ def load_segmenter(path: str | Path):
     meta = header_json(path, read_safetensors_header(path, fix)[0], HEADER, f"'{HEADER}' header", fix)
     if meta is None:
         raise TocomError(f"{path} is not a Segmenter written by `tocom segment-finetune` (no '{HEADER}' header)")
+    if not isinstance(meta.get("backbone"), str) or not meta["backbone"]:
+        raise TocomError(f"{path}: its '{HEADER}' header names no backbone; {fix}")
+    check_header_values(path, meta, f"'{HEADER}' header", fix,
+                        required={"num_classes": 1, "img_size": 1, "decoder_depth": 0}, optional={"source_r": 0, "seed": 0})
     model = create_segmenter(meta["backbone"], n_cls=meta["num_classes"], img_size=meta["img_size"],
                              checkpoint=str(path), decoder_depth=meta["decoder_depth"], drop_path_rate=0.0)
     patch(model, METHOD)
@@ -99,11 +105,13 @@ def segment_job(model: nn.Module, s: SegmentSettings, batches_per_epoch: int, r:
 
 
 def segment_finetune(model: nn.Module, train_set, out: str | Path, r: int = 0, s: SegmentSettings | None = None,
-                     run: RunSettings | None = None, record: dict | None = None, rt: Runtime | None = None) -> nn.Module:
+                     run: RunSettings | None = None, record: dict | None = None, rt: Runtime | None = None,
+                     lineage: dict | None = None) -> nn.Module:
     """Fine-tune a Segmenter (all weights) at source degree r with tome_ffn active; write it to `out`.
 
     Resumable per epoch like every `fit` run: rerunning the same command after a kill continues from the
-    last finished epoch and ends with the weights of an uninterrupted run.
+    last finished epoch and ends with the weights of an uninterrupted run. `lineage` (tocom/lineage.py: the
+    encoder's backbone and checkpoint) goes into the header with the data's entry added.
     """
     s, run = s or SegmentSettings(), run or RunSettings()
     patch(model, METHOD)
@@ -122,10 +130,10 @@ def segment_finetune(model: nn.Module, train_set, out: str | Path, r: int = 0, s
     meta = {"backbone": (getattr(enc, "pretrained_cfg", None) or {}).get("architecture", ""),
             "num_classes": model.n_cls, "img_size": model.img_size, "decoder_depth": len(model.decoder.blocks),
             "method": METHOD, "source_r": int(r), "split": s.split, "settings": s.asdict(), "seed": run.seed,
-            "steps": steps, **(record or {})}
+            "steps": steps, **(record or {}), "lineage": {**(lineage or {}), "data": data_entry(train_set)}}
     fingerprint = {**s.fingerprint(), "method": METHOD, "r": int(r), "seed": run.seed,
                    **{k: meta[k] for k in ("backbone", "num_classes", "img_size", "decoder_depth")}, **(record or {})}
-    fit(job, data, out, rt, run.seed, not run.quiet, fingerprint=fingerprint)
+    fit(job, data, out, rt, run.seed, not run.quiet, fingerprint=fingerprint, inputs=comparable(meta["lineage"]))
     model.eval()
     finish(Path(out), rt, lambda: save_segmenter(model, out, meta), record=meta)
     return model
@@ -176,7 +184,7 @@ def segment_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequen
     trained = meta.get("split")
     if trained is None or splits_overlap(trained, select):
         raise TocomError(f"the model was trained on {trained!r}, which is not held out from the selection split "
-                         f"{select!r}; choose s on a split it never saw")
+                         f"{select!r}; choose s on a held-out split it never saw (val, never test)")
     n_cls = int(meta["num_classes"])
     for name, ds in splits.items():
         if getattr(ds, "num_classes", n_cls) != n_cls:

@@ -50,6 +50,7 @@ class ToCom(nn.Module):
         self.depth, self.dim, self.r_max, self.rank = depth, dim, r_max, rank
         self.variant, self.backbone, self.method, self.r_step = variant, backbone, method, r_step
         self.extra: dict = {}       # provenance from a saved plugin's header (`save(extra=...)`)
+        self.path: Path | None = None   # the file it was loaded from (named in refusals)
         groups = num_groups(variant, r_max, r_step)
         self.A = nn.ParameterDict()
         self.B = nn.ParameterDict()
@@ -157,8 +158,13 @@ class ToCom(nn.Module):
         if bad:
             raise TocomError(f"{path}: tensor {bad[0]} holds {tensors[bad[0]].dtype}, not floats; the plugin is damaged, "
                              "re-run `tocom distill`")
+        bad = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
+        if bad:
+            raise TocomError(f"{path}: tensor {bad[0]} holds NaN or inf; the plugin is damaged (or its distillation "
+                             "diverged), re-run `tocom distill`")
         plugin = cls(**header)
         plugin.extra = extra
+        plugin.path = path
         with torch.no_grad():
             for k in ("A", "B"):
                 for p in PROJECTIONS:
@@ -223,9 +229,25 @@ def _plugin_header(path: Path, meta: dict[str, str]) -> tuple[dict, dict]:
     if meta["variant"] not in VARIANTS:
         raise TocomError(f"{path}: plugin header has variant {meta['variant']!r}, not one of {', '.join(VARIANTS)}; {fix}")
     extra = header_json(path, meta, "extra", "plugin header's 'extra'", fix) or {}
+    _check_extra(path, extra, fix)
     return dict(depth=ints["depth"], dim=ints["width"], r_max=ints["r_max"], rank=ints["rank"],
                 variant=meta["variant"], backbone=meta.get("backbone", ""), method=meta.get("method", "tome"),
                 r_step=ints["r_step"]), extra
+
+
+def _check_extra(path: Path, extra: dict, fix: str) -> None:
+    """The provenance values the evaluation uses: the training scale sets the s grid (a scale of -1, 0, NaN or
+    text would put s = -1 or an empty s in the table), the seed names the run, the lineage is a record."""
+    scale = extra.get("train_scale")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale) or scale <= 0):
+        raise TocomError(f"{path}: plugin header has train_scale={scale!r}, not a number > 0; {fix}")
+    seed = extra.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise TocomError(f"{path}: plugin header has seed={seed!r}, not a whole number >= 0; {fix}")
+    for key in ("settings", "lineage"):
+        if extra.get(key) is not None and not isinstance(extra[key], dict):
+            raise TocomError(f"{path}: plugin header has {key}={extra[key]!r}, not an object; {fix}")
 
 
 def _check_plugin_tensors(path: Path, header: dict, shapes: dict[str, tuple[int, ...]]) -> None:
