@@ -115,7 +115,8 @@ def test_cli_flags_come_from_settings():
     assert EvalMethodSettings.from_args(args).method is None
 
 
-@pytest.mark.parametrize("argv", [["flops", "--method", "tome_ffn"], ["bench", "--method", UNCOMPRESSED],
+@pytest.mark.parametrize("argv", [["flops", "--method", UNCOMPRESSED], ["flops", "--head", "mask"],
+                                  ["bench", "--method", "tome_ffn"], ["bench", "--method", UNCOMPRESSED],
                                   ["bench", "--mode", "plugin"],
                                   ["evaluate", "--checkpoint", "c", "--targets", "0", "--out", "o", "--method", "none2"]])
 def test_cli_choices_come_from_settings(argv, capsys):

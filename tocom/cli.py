@@ -10,8 +10,8 @@ import json
 import sys
 
 from .errors import TocomError
-from .settings import (SPLITS, UNCOMPRESSED, BenchSettings, DistillSettings, EvalMethodSettings, EvalSettings,
-                       FinetuneSettings, MeasureSettings, PretrainSettings, RunSettings, SegmentSettings,
+from .settings import (DENSE_METHODS, SPLITS, UNCOMPRESSED, BenchSettings, DistillSettings, EvalMethodSettings,
+                       EvalSettings, FinetuneSettings, FlopsSettings, MeasureSettings, PretrainSettings, RunSettings, SegmentSettings,
                        SourceMethodSettings, SourceSettings, SweepSettings, splits_overlap)
 
 COMMANDS: dict[str, tuple] = {}
@@ -26,27 +26,48 @@ def command(name: str, help: str):
 
 
 def _configure_flops(p):
-    SweepSettings.add_arguments(p)
+    FlopsSettings.add_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-@command("flops", "analytic GFLOPs and per-layer token counts per r")
-def _flops(args):
-    from .compress import flops, patch
+def _flops_model(sweep: FlopsSettings):
+    """The counted model (random weights: only its shapes count): the ViT, or a Segmenter on it (ADE20K's head)."""
+    from .compress import patch
     from .models import create_backbone
 
-    sweep = SweepSettings.from_args(args)
-    model = patch(create_backbone(sweep.model), sweep.method)
-    _check_degree(model, "--r", sweep.r)
-    rows = [flops(model, r) for r in sweep.r]
+    if sweep.head == "segmenter":
+        from .segment import ADE20K_SETTING, create_segmenter
+
+        model = create_segmenter(sweep.model, n_cls=ADE20K_SETTING["n_cls"],
+                                 img_size=sweep.img_size or ADE20K_SETTING["img_size"],
+                                 decoder_depth=ADE20K_SETTING["decoder_depth"])
+    else:
+        model = create_backbone(sweep.model, **({"img_size": sweep.img_size} if sweep.img_size else {}))
+    return patch(model, sweep.method)
+
+
+@command("flops", "analytic GFLOPs and per-layer token counts per r (Table 11: --head segmenter)")
+def _flops(args):
+    from .compress import flops
+
+    sweep = FlopsSettings.from_args(args)
+    model = _flops_model(sweep)
+    _check_degree(getattr(model, "tocom_backbone", model), "--r", sweep.r)     # a Segmenter's: its encoder's
+    if sweep.head == "segmenter":
+        from .segment import TABLE11_ATTENTION_MATMULS, segmenter_flops
+
+        rows = [segmenter_flops(model, r, attention_matmuls=TABLE11_ATTENTION_MATMULS) for r in sweep.r]
+    else:
+        rows = [flops(model, r) for r in sweep.r]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     base = rows[0]["gflops"] if sweep.r[0] == 0 else None
-    print(f"{'r':>3}  {'GFLOPs':>8}  {'ratio':>6}  tokens entering each block")
+    tokens = "mlp_tokens" if sweep.method in DENSE_METHODS else "attn_tokens"
+    print(f"{'r':>3}  {'GFLOPs':>8}  {'ratio':>6}  tokens entering each {'FFN' if tokens == 'mlp_tokens' else 'block'}")
     for r, row in zip(sweep.r, rows):
         ratio = f"{base / row['gflops']:6.2f}" if base else "     -"
-        print(f"{r:>3}  {row['gflops']:8.3f}  {ratio}  {row['attn_tokens']}")
+        print(f"{r:>3}  {row['gflops']:8.3f}  {ratio}  {row[tokens]}")
 
 
 _flops.configure = _configure_flops

@@ -39,6 +39,7 @@ MODES = ("full", "adaptformer", "linear")
 TRAIN_SPLITS = ("train", "trainval")
 SPLITS = ("train", "val", "trainval", "test")
 BENCH_MODES = ("infer", "train")
+FLOPS_HEADS = ("classifier", "segmenter")   # what `tocom flops` counts on top of the ViT
 PLUGIN_CHECK = "plugin"            # a bench job of the workflow: `tocom bench --plugin-check` (inference)
 BENCH_JOBS = (*BENCH_MODES, PLUGIN_CHECK)
 SEARCHABLE = ("lr", "adapter_scale")   # the FinetuneSettings fields a search varies (SearchSettings, in this order)
@@ -441,6 +442,19 @@ class SweepSettings(Settings):
     method: str = setting(METHODS[0], "token compression", choices=METHODS)
     r: tuple[int, ...] = setting([0, 2, 4, 8, 12, 16], "compression degrees (tokens merged/pruned/idled per layer)",
                                  check="nonneg")
+
+
+@dataclass(frozen=True)
+class FlopsSettings(SweepSettings):
+    """What `tocom flops` counts: the sweep, dense methods included, at a resolution, with a classifier or a
+    Segmenter on top (Table 11: `--model deit_base_patch16_384 --method tome_ffn --img-size 512 --head segmenter`)."""
+    stage = "flops"
+    method: str = setting(METHODS[0], "token compression (tome_ffn: merged before each FFN, unmerged after)",
+                          choices=METHODS + DENSE_METHODS)
+    img_size: int | None = setting(None, "input resolution in px (none: the backbone's own)", check="positive")
+    head: str = setting(FLOPS_HEADS[0], "classifier: the ViT and its head, every product counted (DeiT/ToMe); "
+                        "segmenter: Segmenter's Mask Transformer for ADE20K (150 classes, 2 layers) on the encoder, "
+                        "attention products left out (Table 11)", choices=FLOPS_HEADS)
 
 
 @dataclass(frozen=True)
