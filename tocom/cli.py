@@ -246,6 +246,25 @@ def _select(args):
 _select.configure = _configure_select
 
 
+def _configure_link_chosen(p):
+    p.add_argument("--chosen", required=True, metavar="JSON", help="the search result (`tocom select`)")
+    p.add_argument("--candidates", nargs="+", required=True, metavar="MODEL",
+                   help="the candidates' models (from `tocom finetune --score-split val`)")
+    p.add_argument("--out", required=True, help="the link to write (a relative symlink to the chosen model)")
+
+
+@command("link-chosen", "link the chosen search candidate's model: it is what a fine-tune on train with the "
+                        "chosen settings would retrain")
+def _link_chosen(args):
+    from .search import link_chosen
+
+    model = link_chosen(args.chosen, args.candidates, args.out)
+    print(f"{args.out} -> {model}")
+
+
+_link_chosen.configure = _configure_link_chosen
+
+
 def _read_plugins(specs: list[str]) -> dict:
     """[LABEL=]PATH specs -> {label: plugin}; the label fills the `variant` column (default: the plugin's)."""
     from .plugin import ToCom
@@ -449,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command != "select":   # before any model is built: fresh heads and inits are seeded too
+        if args.command not in ("select", "link-chosen"):   # before any model is built: fresh heads and inits are seeded too
             from .engine.common import seed_everything
 
             seed_everything(RunSettings.from_args(args).seed)

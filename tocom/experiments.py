@@ -141,7 +141,9 @@ class SegmentRun(_Laid):
 @dataclass(frozen=True)
 class FinetuneRun(_Laid):
     """One fine-tune. role "final": the model that is evaluated; "select": its companion trained on
-    `train` at the same source r, which chooses s on `val` when the final model trained on val too.
+    `train` at the same source r, which chooses s on `val` when the final model trained on val too;
+    "chosen": a companion that would retrain its search's winning candidate (`Grid._selector`), so it is
+    that candidate's model, linked (layout.CHOSEN_MODEL), and nothing trains.
     `method` is the compression active while training: UNCOMPRESSED for the source r = 0 model that
     every method shares (see `Grid._finetune`)."""
     backbone: str
@@ -154,7 +156,12 @@ class FinetuneRun(_Laid):
 
     @property
     def template(self) -> str:
-        return layout.ROLES[self.role]
+        return layout.CHOSEN_MODEL if self.role == "chosen" else layout.ROLES[self.role]
+
+    @property
+    def chosen_path(self) -> str:
+        """The search result a "chosen" companion is linked from."""
+        return layout.path(layout.CHOSEN, **self.fields)
 
 
 @dataclass(frozen=True)
@@ -268,7 +275,7 @@ class Grid:
         s = s.replace(**FinetuneSettings.from_mapping({**s.asdict(), **own}, f"dataset_settings.{run.dataset}").asdict())
         if isinstance(run, SearchRun):
             return s.replace(split="train", **dict(run.overrides))
-        return s.replace(split="train") if run.role == "select" else s
+        return s.replace(split="train") if run.role != "final" else s
 
     def search_for(self, run: FinetuneRun | SearchRun) -> SearchSettings | None:
         return self.recipes[run.recipe][1]
@@ -326,15 +333,35 @@ class Grid:
                           tuple(sorted(overrides.items()))) for overrides in search.candidates()]
 
     def _selector(self, run: FinetuneRun) -> FinetuneRun | None:
-        """The companion that chooses s when the final model trained on the selection split too."""
+        """The companion that chooses s when the final model trained on the selection split too: trained on
+        `train` (role "select"), or, when that would retrain its search's winning candidate, the winner
+        itself (role "chosen": `retrains_winner`)."""
         select = self.eval_settings.select_split
         if not splits_overlap(self.finetune_settings(run).split, select):
             return None
         if splits_overlap("train", select):
             raise TocomError(f"evaluate.select_split {select!r} overlaps every training split; choose s on 'val'")
         sel = FinetuneRun(run.backbone, run.method, run.dataset, run.source, run.seed, run.recipe, role="select")
+        if self.retrains_winner(sel):
+            return FinetuneRun(*(getattr(sel, f) for f in ("backbone", "method", "dataset", "source", "seed",
+                                                           "recipe")), role="chosen")
         self.finetunes[sel.path] = sel
         return sel
+
+    def retrains_winner(self, run: FinetuneRun) -> bool:
+        """Would `run`, with its search's choice applied (`tocom finetune --chosen`), be the winning candidate
+        trained again? True when it trains on `train` at the search's source r and method, and applying any
+        candidate's searched settings (search.applied) to its settings gives that candidate's exactly: the same
+        model from the same seed, whichever candidate wins."""
+        from .search import applied
+
+        cands = self._search_runs(run)
+        if not cands or any((c.method, c.source) != (run.method, run.source) for c in cands):
+            return False
+        mine = self.finetune_settings(run)
+        theirs = [self.finetune_settings(c) for c in cands]
+        keys = applied([t.asdict() for t in theirs])
+        return all(mine.replace(**{k: getattr(t, k) for k in keys}) == t for t in theirs)
 
     def _expand_studies(self) -> None:
         for study in self.config.get("studies", []):

@@ -1,6 +1,8 @@
 # Stage 3: fine-tuning per dataset x source r x method x backbone x seed (the off-the-shelf models),
 # their selection companions (trained on `train` when the final model trains on the selection split
-# too, e.g. VTAB-1k's train800val200), and the hyper-parameter searches the recipes ask for.
+# too: CIFAR-100 and FGVC on all of train, VTAB-1k on train800val200), and the hyper-parameter searches
+# the recipes ask for. A companion that would retrain its search's winning candidate (same seed, split and
+# settings: the r = 0 companions of searched datasets) is that candidate's model, linked (search_chosen).
 
 
 def finetune_flags(run):
@@ -58,6 +60,22 @@ rule search_select:
     localrule: True
     shell:
         "{params.launch} select --candidates {input} --out {output} > {log} 2>&1"
+
+
+rule search_chosen:
+    input:
+        chosen=run_path(layout.CHOSEN),
+        models=lambda wc: [run_path(c.path) for c in GRID.searches.values()
+                           if c.chosen_path == layout.path(layout.CHOSEN, **wc)],
+    output:
+        run_path(layout.CHOSEN_MODEL),
+    log:
+        job_log("search", layout.CHOSEN_MODEL),
+    params:
+        launch=f"{sys.executable} -m tocom.cli",
+    localrule: True
+    shell:
+        "{params.launch} link-chosen --chosen {input.chosen} --candidates {input.models} --out {output} > {log} 2>&1"
 
 
 rule finetune:
