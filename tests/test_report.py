@@ -257,6 +257,35 @@ def test_missing_roles_become_labelled_stubs(tmp_path):
     assert "no such role" in (ctx.out("table10_mae", ".md")).read_text()
 
 
+def test_tables_8_to_10_show_the_other_reading_of_their_inferred_block(tmp_path):
+    """The paper's second block of Tables 8-10 is filed as 16 → 0 but may be 0 → 12 (reference/README.md): with
+    results at 0 → 12 the table adds that block, beside the same paper numbers; without them it does not."""
+    ctx = fabricate(tmp_path, scale="paper")
+    assert ctx.report["degrees"]["other_readings"] == [[[16, 0], [0, 12]]]
+    run("fig7_table8_evit", ctx)
+    c8, _ = cells(ctx, "table8_evit")
+    assert not any("other reading" in b for b in c8.index.get_level_values(0))
+    ev = pd.read_csv(ctx.table_path("eval"))
+    vtab = [d for ds in VTAB.values() for d in ds]
+    extra = pd.DataFrame(eval_rows("deit_b", "evit", vtab, [0], [12], ["tocom"], (0,)))
+    pd.concat([ev, extra]).to_csv(ctx.table_path("eval"), index=False)
+    ctx._cache.clear()
+    run("fig7_table8_evit", ctx)
+    c8, _ = cells(ctx, "table8_evit")
+    block = "source r = 0 → target r = 12 (the other reading of the paper's 16 → 0 block)"
+    struct = VTAB["structured"]
+    assert c8.loc[(block, "source r = 0", "Structured"), "mean"] == pytest.approx(mean([top1(d, 0, 12) for d in struct]))
+    assert c8.loc[(block, "+ ToCom", "Structured Δ"), "mean"] == pytest.approx(2.0 + 2.0)
+    paper = pd.read_csv(REPO / items.REFERENCES["paper_results"], dtype=str, keep_default_na=False)
+    t8 = paper[(paper.source == "Table 8") & (paper.dataset == "vtab/structured") & (paper.metric == "top1")
+               & (paper.tocom == "0")]
+    assert c8.loc[(block, "source r = 0", "Structured"), "paper"] == \
+        pytest.approx(float(t8[(t8.source_r == "16") & (t8.target_r == "0")].value.iloc[0]))
+    assert c8.loc[("source r = 16 → target r = 0", "source r = 16", "Structured"), "paper"] == \
+        c8.loc[(block, "source r = 0", "Structured"), "paper"]
+    assert "may be 0 → 12" in ctx.out("table8_evit", ".md").read_text()
+
+
 # ---- scale paper, seeds -------------------------------------------------------------------------------
 def test_scale_paper_shows_the_paper_beside_ours(tmp_path):
     ctx = fabricate(tmp_path, scale="paper")
