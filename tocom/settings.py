@@ -204,13 +204,17 @@ def _subclasses(cls) -> list:
 
 def config_schema(path: str | Path) -> dict:
     """The config schema: the hand-written YAML at `path` (top-level keys, studies, report, resources...)
-    with its `$defs` given one entry per settings dataclass (`#/$defs/DistillSettings`, ...) and the
-    method names and bench jobs (`#/$defs/METHODS`, `#/$defs/BENCH_JOBS`), so that no field, choice or range is written twice."""
+    with its `$defs` given one entry per settings dataclass (`#/$defs/DistillSettings`, ...), the method names,
+    bench jobs and GPUs (`#/$defs/METHODS`, `#/$defs/BENCH_JOBS`, `#/$defs/GPU_MODELS`: tocom/gpus.py), so that no
+    field, choice or range is written twice."""
     import yaml
 
     schema = yaml.safe_load(Path(path).read_text())
+    from .gpus import GPUS
+
     schema.setdefault("$defs", {}).update({c.__name__: c.json_schema() for c in _subclasses(Settings)},
                                           METHODS={"type": "string", "enum": list(METHODS)},
+                                          GPU_MODELS={"type": "string", "enum": list(GPUS)},
                                           BENCH_JOBS={"type": "string", "enum": list(BENCH_JOBS)})
     return schema
 

@@ -37,11 +37,11 @@ rule search_candidate:
     benchmark:
         job_benchmark("search", layout.SEARCH)
     params:
-        launch=launch("finetune"),
+        launch=lambda wc: launch("finetune", GRID.search_run(**wc).recipe),
         args=lambda wc: finetune_flags(GRID.search_run(**wc)),
-    threads: threads("finetune")
+    threads: lambda wc: threads("finetune", GRID.search_run(**wc).recipe)
     resources:
-        **res("finetune"),
+        **recipe_res("finetune", lambda wc: GRID.search_run(**wc).recipe),
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} finetune {params.args} --score-split val --out {output.model} "
         "> {log} 2>&1"
@@ -90,11 +90,11 @@ rule finetune:
     benchmark:
         job_benchmark("finetune", layout.FINETUNE)
     params:
-        launch=launch("finetune"),
+        launch=lambda wc: launch("finetune", GRID.finetune_run(**wc).recipe),
         args=lambda wc: finetune_flags(GRID.finetune_run(**wc)) + " " + chosen_flag(GRID.finetune_run(**wc)),
-    threads: threads("finetune")
+    threads: lambda wc: threads("finetune", GRID.finetune_run(**wc).recipe)
     resources:
-        **res("finetune"),
+        **recipe_res("finetune", lambda wc: GRID.finetune_run(**wc).recipe),
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} finetune {params.args} --out {output} > {log} 2>&1"
 
@@ -111,11 +111,11 @@ rule finetune_select:
     benchmark:
         job_benchmark("select", layout.SELECT)
     params:
-        launch=launch("finetune"),
+        launch=lambda wc: launch("finetune", GRID.finetune_run("select", **wc).recipe),
         args=lambda wc: finetune_flags(GRID.finetune_run("select", **wc)) + " "
         + chosen_flag(GRID.finetune_run("select", **wc)),
-    threads: threads("finetune")
+    threads: lambda wc: threads("finetune", GRID.finetune_run("select", **wc).recipe)
     resources:
-        **res("finetune"),
+        **recipe_res("finetune", lambda wc: GRID.finetune_run("select", **wc).recipe),
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} finetune {params.args} --out {output} > {log} 2>&1"
