@@ -85,6 +85,11 @@ def outputs_are_whole(results: Path) -> None:
     (lambda c: c["recipes"]["vtab_refit"]["search"].update(lr=[]), "search/lr"),
     (lambda c: (c.update(data_root="/nonexistent"),
                 c["studies"][0]["sets"][0].update(datasets=["fashion_mnist"])), "/nonexistent/fashion-mnist"),
+    # a per-GPU batch that cannot fit the GPU the config names (8,192 images of 2.2 MB of activations > 16 GB)
+    (lambda c: (c["resources"]["finetune"].update(gpus=1, gpu_model="V100-16GB"),
+                c["recipes"]["cifar"].update(batch_size=8192)), "resources.finetune.gpu_model V100-16GB (16 GB): job"),
+    (lambda c: c["resources"].update({"finetune.nope": {"gpus": 1}}), "resources.finetune.nope: no recipe 'nope'"),
+    (lambda c: c["resources"]["eval"].update(gpu_model="H100"), "resources/eval/gpu_model"),
 ])
 def test_bad_config_stops_before_any_job_with_one_line(tmp_path, change, message):
     config = smoke_config()
@@ -167,6 +172,11 @@ def test_paper_dag_dry_run(paper_data_root):
     assert counts["search_chosen"] == str(4 + 19 * 3)
     # searches at r = 0, shared by the methods: FGVC lr (4 x 6), VTAB adapter scale (19 x 5 x 3 backbones)
     assert counts["search_candidate"] == str(4 * 6 + 19 * 5 * 3) and counts["search_select"] == str(4 + 19 * 3)
+    # CIFAR-100's batch of 1,024 runs on 8 GPUs (resources.finetune.cifar), FGVC's 64 on one (resources.finetune)
+    jobs = dict(re.findall(r"output: results/paper/(\S+)\n(?:    .*\n)*?    resources: (.*)\n", res.stdout))
+    assert "gpu=8," in jobs["finetune/deit_b/tome/cifar100/r4_seed0.safetensors"]
+    assert "gpu=8," in jobs["select/deit_b/none/cifar100/r0_seed0.safetensors"]
+    assert "gpu=1," in jobs["finetune/deit_b/tome/cub200/r4_seed0.safetensors"]
     print(f"paper dry run: {time.time() - started:.1f} s")
 
 
