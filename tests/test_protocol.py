@@ -109,7 +109,7 @@ def test_split_overlap_rule():
     assert not splits_overlap("train", "val") and not splits_overlap("trainval", "test")
 
 
-@pytest.mark.parametrize("name", ["paper", "cpu", "smoke"])
+@pytest.mark.parametrize("name", ["paper", "cpu", "smoke", "gpu"])
 def test_no_config_selects_s_on_a_split_its_selecting_model_trained_on(name):
     config = yaml.safe_load((ROOT / f"config/{name}.yaml").read_text())
     grid = Grid(config, check_files=False, check_geometry=False)

@@ -93,7 +93,7 @@ def test_bad_settings_in_a_config_are_one_line(change, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("config", ["cpu", "smoke", "paper"])
+@pytest.mark.parametrize("config", ["cpu", "smoke", "paper", "gpu"])
 def test_committed_configs_are_valid(config):
     validate_config(yaml.safe_load((REPO / f"config/{config}.yaml").read_text()), SCHEMA)
 
