@@ -40,10 +40,12 @@ spec.loader.exec_module(paper_smoke)
 
 # Jobs per rule of the derived config (docs/paper_smoke.md): 9 plugins (DeiT-B ToMe: tocom + the Table 5
 # ablations + s = 1; EViT; IdleViT; DeiT-S; MAE), 8 fine-tunes (CIFAR r0 + r16 for Table 1, FGVC, VTAB-1k,
-# EViT, IdleViT, DeiT-S, MAE), 3 train800 companions, searches of 2 candidates (FGVC lr; VTAB-1k adapter
-# scale per backbone), 7 evaluations, 1 transfer, 3 bench modes; every report item once.
-JOBS = {"distill": 9, "finetune": 8, "finetune_select": 3, "search_candidate": 8, "search_select": 4,
-        "evaluate": 7, "transfer": 1, "bench": 3, "aggregate": 1, "assemble_report": 1}
+# EViT, IdleViT, DeiT-S, MAE), 7 companions of the evaluated models (every final model trains on all of its
+# training data): 5 trained on `train` (CIFAR-100 r0, EViT and IdleViT CIFAR-100 r16, DeiT-S and MAE VTAB-1k r16)
+# and 2 that are their r = 0 search's winner, linked (CUB-200, VTAB-1k cifar); searches of 2 candidates (FGVC lr;
+# VTAB-1k adapter scale per backbone), 7 evaluations, 1 transfer, 3 bench modes; every report item once.
+JOBS = {"distill": 9, "finetune": 8, "finetune_select": 5, "search_candidate": 8, "search_select": 4,
+        "search_chosen": 2, "evaluate": 7, "transfer": 1, "bench": 3, "aggregate": 1, "assemble_report": 1}
 PLUGINS = ([("deit_b", "tome", v) for v in ("tocom", "shared", "cls", "no_inversion", "s1")]
            + [("deit_b", "evit", "tocom"), ("deit_b", "idle", "tocom"), ("deit_s", "tome", "tocom"),
               ("mae_b", "tome", "tocom")])
@@ -94,8 +96,14 @@ def test_config_validates_and_expands_to_one_job_per_rule_type(smoke, config):
     # one VTAB-1k task per group: natural (DeiT-B), specialized (DeiT-S), structured (MAE)
     assert [VTAB_TASKS[d.split("/")[1]] for *_, d, _ in finals if d.startswith("vtab/")] == \
         ["natural", "specialized", "structured"]
-    selects = sorted((r.backbone, r.dataset) for r in grid.finetunes.values() if r.role == "select")
-    assert selects == [("deit_b", "vtab/cifar"), ("deit_s", "vtab/patch_camelyon"), ("mae_b", "vtab/clevr_count")]
+    selects = sorted((r.backbone, r.method, r.dataset, r.source) for r in grid.finetunes.values()
+                     if r.role == "select")
+    assert selects == [("deit_b", "evit", "cifar100", 16), ("deit_b", "idle", "cifar100", 16),
+                       ("deit_b", "none", "cifar100", 0), ("deit_s", "tome", "vtab/patch_camelyon", 16),
+                       ("mae_b", "tome", "vtab/clevr_count", 16)]
+    chosen = sorted((e.selector.backbone, e.selector.dataset) for e in grid.evals.values()
+                    if e.selector is not None and e.selector.role == "chosen")
+    assert chosen == [("deit_b", "cub200"), ("deit_b", "vtab/cifar")] and len(chosen) == JOBS["search_chosen"]
     assert len(grid.searches) == JOBS["search_candidate"]
     assert len({c.chosen_path for c in grid.searches.values()}) == JOBS["search_select"]
     assert len(grid.evals) == JOBS["evaluate"] and all(ev.targets == {0, 16} for ev in grid.evals.values())
@@ -229,6 +237,73 @@ def test_dry_run_has_every_rule_type_of_the_paper_dag(smoke, tmp_path):
     assert set(counts) == (rules - {"pretrain_backbone", "make_task"}) | {"all"}   # no pretraining, no generated tasks
     assert {k: counts[k] for k in JOBS} == JOBS
     assert all(n == 1 for k, n in counts.items() if k not in JOBS)    # every report item once
+
+
+# ---- fast: config/gpu.yaml derives the same way ---------------------------------------------------------
+GPU = yaml.safe_load((REPO / "config" / "gpu.yaml").read_text())
+GPU_JOBS = {"distill": 4, "finetune": 2, "search_candidate": 2, "search_select": 1, "search_chosen": 1,
+            "evaluate": 3, "bench": 3, "aggregate": 1, "assemble_report": 1}
+
+
+@pytest.fixture(scope="session")
+def gpu_smoke(smoke):
+    """config/gpu.yaml's derived config, on the same fixtures (`--config config/gpu.yaml`)."""
+    res = subprocess.run([sys.executable, str(SCRIPT), str(smoke), "--config", str(REPO / "config" / "gpu.yaml")],
+                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return smoke / "gpu_smoke.yaml"
+
+
+def test_gpu_config_derives_validates_and_expands(gpu_smoke):
+    """The one-GPU config: official DeiT-B, ToMe and EViT, CIFAR-100 and VTAB-1k, the shared and no-inversion
+    ablations; derived with one job per rule type (its first seed, r = 0, targets 0 and 16), every check passing."""
+    config = yaml.safe_load(gpu_smoke.read_text())
+    validate_config(config, SCHEMA)
+    grid = Grid(config)
+    assert (config["name"], config["seeds"], config["scale"]) == ("gpu_smoke", [0], "paper")
+    assert {bb["timm"] for bb in config["backbones"].values()} == {"deit_base_patch16_224"}
+    assert sorted(grid.plugins) == [("deit_b", "evit", "tocom"), ("deit_b", "tome", "no_inversion"),
+                                    ("deit_b", "tome", "shared"), ("deit_b", "tome", "tocom")]
+    assert sorted((r.dataset, r.source, r.role) for r in grid.finetunes.values()) == \
+        [("cifar100", 0, "final"), ("vtab/caltech101", 0, "final")]
+    assert sorted((e.method, e.finetune.dataset) for e in grid.evals.values()) == \
+        [("evit", "cifar100"), ("tome", "cifar100"), ("tome", "vtab/caltech101")]
+    assert len(grid.searches) == GPU_JOBS["search_candidate"]
+    resized = {"epochs", "batch_size", "limit", "search"}
+    for name, recipe in GPU["recipes"].items():
+        assert {k: v for k, v in recipe.items() if k not in resized} == \
+            {k: v for k, v in config["recipes"][name].items() if k not in resized}, name
+    assert config["report"] == GPU["report"]
+
+
+def test_gpu_config_keeps_its_claims_and_seeds():
+    """What config/gpu.yaml is for: ToMe 0 <-> 16 and EViT 0 -> 16 on CIFAR-100 and VTAB-1k tasks of all three
+    groups, the shared/no-inversion ablation, 3 seeds, official DeiT-B weights, one A100 named for every job."""
+    grid = Grid(GPU, check_files=False)
+    assert len(GPU["seeds"]) >= 3 and GPU["backbones"]["deit_b"] == {"timm": "deit_base_patch16_224",
+                                                                      "pretrained": True}
+    tome = {(e.finetune.dataset, e.finetune.source, t) for e in grid.evals.values() if e.method == "tome"
+            for t in e.targets}
+    evit = {(e.finetune.dataset, e.finetune.source, t) for e in grid.evals.values() if e.method == "evit"
+            for t in e.targets}
+    groups = GPU["report"]["vtab_groups"]
+    for d in ["cifar100", *(d for ds in groups.values() for d in ds)]:
+        assert {(d, 0, 16), (d, 16, 0)} <= tome and (d, 0, 16) in evit, d
+    assert all(groups[g] for g in ("natural", "specialized", "structured"))
+    vtab = next(e for e in grid.evals.values() if e.finetune.dataset == "vtab/dtd" and e.finetune.source == 16)
+    assert {"shared", "no_inversion"} <= vtab.variants
+    assert {e["gpus"] for e in GPU["resources"].values()} == {1}
+    assert {e["gpu_model"] for e in GPU["resources"].values()} == {"A100-40GB"}
+
+
+def test_gpu_dry_run_has_its_rule_types(gpu_smoke, tmp_path):
+    args = ["--configfile", str(gpu_smoke), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", *args],
+                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", res.stdout, re.M) if k != "total"}
+    assert {k: counts.get(k) for k in GPU_JOBS} == GPU_JOBS
+    assert all(n == 1 for k, n in counts.items() if k not in GPU_JOBS)    # every report item once
 
 
 # ---- slow: DeiT-B/384 (not in config/paper.yaml) ------------------------------------------------------

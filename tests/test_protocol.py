@@ -1,7 +1,9 @@
 """The paper's protocol: config/paper.yaml against Table 13 (reference/paper_hparams.csv), with every
 difference documented in docs/protocol.md; s never chosen on training images; the Table 6 grid; the
 distillation recipe reaching the student; the hyper-parameter search."""
+import copy
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -107,7 +109,7 @@ def test_split_overlap_rule():
     assert not splits_overlap("train", "val") and not splits_overlap("trainval", "test")
 
 
-@pytest.mark.parametrize("name", ["paper", "cpu", "smoke"])
+@pytest.mark.parametrize("name", ["paper", "cpu", "smoke", "gpu"])
 def test_no_config_selects_s_on_a_split_its_selecting_model_trained_on(name):
     config = yaml.safe_load((ROOT / f"config/{name}.yaml").read_text())
     grid = Grid(config, check_files=False, check_geometry=False)
@@ -125,8 +127,55 @@ def test_vtab_final_models_get_a_train800_companion():
     ev = next(e for e in grid.evals.values() if e.finetune.dataset == "vtab/dtd" and e.finetune.source == 16)
     assert grid.finetune_settings(ev.finetune).split == "trainval"
     assert ev.selector is not None and grid.finetune_settings(ev.selector).split == "train"
-    cifar = next(e for e in grid.evals.values() if e.finetune.dataset == "cifar100")
-    assert cifar.selector is None and grid.finetune_settings(cifar.finetune).split == "train"
+
+
+@pytest.mark.parametrize("dataset", ["cifar100", "cub200", "stanford_cars", "stanford_dogs", "oxford_flowers102"])
+def test_cifar_and_fgvc_final_models_train_on_all_of_train(dataset):
+    """As the paper and the authors: the evaluated models see all of train (trainval = train + the held-out 10 %);
+    s is chosen on that 10 % by a companion trained on the other 90 %, at every source."""
+    grid = Grid(PAPER, check_files=False, check_geometry=False)
+    evs = [e for e in grid.evals.values() if e.finetune.dataset == dataset]
+    assert {e.finetune.source for e in evs} == {0, 2, 4, 6, 8, 10, 12, 16}
+    for ev in evs:
+        assert grid.finetune_settings(ev.finetune).split == "trainval"
+        assert ev.selector is not None and grid.finetune_settings(ev.selector).split == "train"
+        assert (ev.selector.method, ev.selector.source) == (ev.finetune.method, ev.finetune.source)
+
+
+def test_a_companion_that_would_retrain_the_search_winner_is_the_winner():
+    """At the search's source r (0), a companion on `train` with the chosen settings is the winning candidate
+    trained again (same seed, split, settings): it is that candidate's model, linked next to chosen.json. Above
+    r = 0, and for datasets without a search (CIFAR-100), companions train."""
+    from tocom import layout
+
+    grid = Grid(PAPER, check_files=False, check_geometry=False)
+    chosen = {(e.finetune.backbone, e.finetune.dataset, e.finetune.source): e.selector for e in grid.evals.values()
+              if e.selector is not None and e.selector.role == "chosen"}
+    searched = {(c.backbone, c.dataset) for c in grid.searches.values()}
+    assert {(bb, d) for bb, d, _ in chosen} == searched and len(searched) == 4 + 19 * 3
+    assert {source for *_, source in chosen} == {0}
+    for sel in chosen.values():
+        assert sel.path == layout.path(layout.CHOSEN_MODEL, backbone=sel.backbone, method=sel.method,
+                                       dataset=sel.dataset, seed=sel.seed)
+        assert sel.chosen_path == grid.chosen_path(sel) and sel.path not in grid.finetunes     # nothing trains
+        assert grid.retrains_winner(sel)
+    trained = [r for r in grid.finetunes.values() if r.role == "select"]
+    assert not any(grid.retrains_winner(r) for r in trained)
+    assert {r.source for r in trained if r.dataset == "cifar100"} == {0, 2, 4, 6, 8, 10, 12, 16}
+
+
+def test_a_companion_that_differs_from_every_candidate_trains():
+    """Settings the choice does not set, or a dataset override, make the companion another model: it trains."""
+    config = copy.deepcopy(PAPER)
+    config["dataset_settings"] = {"vtab/dtd": {"adapter_dim": 16}}        # companion and candidates alike: reused
+    grid = Grid(config, check_files=False, check_geometry=False)
+    dtd = next(e for e in grid.evals.values() if e.finetune.dataset == "vtab/dtd" and e.finetune.source == 0)
+    assert dtd.selector.role == "chosen"
+    config["recipes"]["fgvc"]["search"] = {"lr": [1.0e-3], "source_r": 4}       # searched at r = 4 (per method)
+    grid = Grid(config, check_files=False, check_geometry=False)
+    cub = {(e.method, e.finetune.source): e.selector for e in grid.evals.values() if e.finetune.dataset == "cub200"}
+    assert cub[("tome", 4)].role == "chosen" and cub[("tome", 0)].role == "select"
+    assert cub[("tome", 2)].role == "select"
 
 
 def test_evaluation_refuses_to_select_on_training_images(tmp_path):
@@ -173,6 +222,34 @@ def test_select_keeps_the_best_held_out_score(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(TocomError, match="not valid JSON"):
         select([tmp_path / "bad.json"], tmp_path / "x.json")
+
+
+def test_link_chosen_links_the_winners_model_and_checks_its_settings(tmp_path):
+    """`tocom link-chosen`: a relative symlink to the model whose score won (the same rule as `select`), replaced
+    atomically; a model not trained with the chosen settings, or no model for the winner, is one line."""
+    from tocom.cli import main
+    from tocom.io import write_safetensors
+    from tocom.search import link_chosen, select
+
+    models = []
+    for lr, top1 in ((1e-3, 50.0), (2e-3, 61.0), (5e-4, 61.0)):
+        m = tmp_path / "search" / f"lr{lr!r}.safetensors"
+        settings = {"lr": lr, "adapter_scale": 0.1, "split": "train"}
+        write_safetensors({"w": torch.full((2,), lr)}, m, {"tocom": {"backbone": "b", "settings": settings}})
+        Path(f"{m}.score.json").write_text(json.dumps({"top1": top1, "split": "val", "settings": settings}))
+        models.append(m)
+    chosen = tmp_path / "search" / "chosen.json"
+    select([f"{m}.score.json" for m in models], chosen)
+    out = tmp_path / "search" / "chosen.safetensors"
+    assert link_chosen(chosen, models, out) == models[1]                       # ties: the earlier candidate
+    assert out.is_symlink() and os.readlink(out) == models[1].name and out.resolve() == models[1].resolve()
+    assert main(["link-chosen", "--chosen", str(chosen), "--candidates", *map(str, models), "--out", str(out)]) == 0
+    assert out.resolve() == models[1].resolve() and not list(out.parent.glob(".*.tmp"))
+    with pytest.raises(TocomError, match="not among the given candidates"):
+        link_chosen(chosen, [models[0], models[2]], out)
+    write_safetensors({"w": torch.zeros(2)}, models[1], {"tocom": {"backbone": "b", "settings": {"lr": 1.0}}})
+    with pytest.raises(TocomError, match="not trained with the chosen lr"):
+        link_chosen(chosen, models, out)
 
 
 # ---- the distillation recipe reaches the student ------------------------------------------------------

@@ -257,6 +257,35 @@ def test_missing_roles_become_labelled_stubs(tmp_path):
     assert "no such role" in (ctx.out("table10_mae", ".md")).read_text()
 
 
+def test_tables_8_to_10_show_the_other_reading_of_their_inferred_block(tmp_path):
+    """The paper's second block of Tables 8-10 is filed as 16 → 0 but may be 0 → 12 (reference/README.md): with
+    results at 0 → 12 the table adds that block, beside the same paper numbers; without them it does not."""
+    ctx = fabricate(tmp_path, scale="paper")
+    assert ctx.report["degrees"]["other_readings"] == [[[16, 0], [0, 12]]]
+    run("fig7_table8_evit", ctx)
+    c8, _ = cells(ctx, "table8_evit")
+    assert not any("other reading" in b for b in c8.index.get_level_values(0))
+    ev = pd.read_csv(ctx.table_path("eval"))
+    vtab = [d for ds in VTAB.values() for d in ds]
+    extra = pd.DataFrame(eval_rows("deit_b", "evit", vtab, [0], [12], ["tocom"], (0,)))
+    pd.concat([ev, extra]).to_csv(ctx.table_path("eval"), index=False)
+    ctx._cache.clear()
+    run("fig7_table8_evit", ctx)
+    c8, _ = cells(ctx, "table8_evit")
+    block = "source r = 0 → target r = 12 (the other reading of the paper's 16 → 0 block)"
+    struct = VTAB["structured"]
+    assert c8.loc[(block, "source r = 0", "Structured"), "mean"] == pytest.approx(mean([top1(d, 0, 12) for d in struct]))
+    assert c8.loc[(block, "+ ToCom", "Structured Δ"), "mean"] == pytest.approx(2.0 + 2.0)
+    paper = pd.read_csv(REPO / items.REFERENCES["paper_results"], dtype=str, keep_default_na=False)
+    t8 = paper[(paper.source == "Table 8") & (paper.dataset == "vtab/structured") & (paper.metric == "top1")
+               & (paper.tocom == "0")]
+    assert c8.loc[(block, "source r = 0", "Structured"), "paper"] == \
+        pytest.approx(float(t8[(t8.source_r == "16") & (t8.target_r == "0")].value.iloc[0]))
+    assert c8.loc[("source r = 16 → target r = 0", "source r = 16", "Structured"), "paper"] == \
+        c8.loc[(block, "source r = 0", "Structured"), "paper"]
+    assert "may be 0 → 12" in ctx.out("table8_evit", ".md").read_text()
+
+
 # ---- scale paper, seeds -------------------------------------------------------------------------------
 def test_scale_paper_shows_the_paper_beside_ours(tmp_path):
     ctx = fabricate(tmp_path, scale="paper")
@@ -887,6 +916,75 @@ def test_claims_at_scale_insensitivity_rule_edges():
     f = rule(a=small, b=pd.Series([0.1, -0.2, 0.3], index=index[:3]))
     assert f.verdict == "not significant" and f.reason.startswith("too few pairs: b")
     assert rule().verdict == "not in this run"
+
+
+def text_verdicts(ctx) -> pd.DataFrame:
+    run("claims", ctx)
+    df = pd.read_csv(ctx.out("claims", ".csv"), keep_default_na=False, na_values=[""])
+    return df[df.kind.isin(["claim", "detail"])]
+
+
+def plant_text_claims(ctx, down_loss=1.5, cls_down=3.0, evit_structured=-5.0, groups=16):
+    """On `planted` results: ToCom's gain smaller by `down_loss` at 16 → 0, the CLS-loss plugin a further
+    `cls_down` worse there, an EViT role `evit_structured` points off ToMe on Structured tasks only, and a plugin
+    of 1,179,648 parameters in `groups` groups on an 85,875,556-parameter model."""
+    ev = pd.read_csv(ctx.table_path("eval"))
+    down = (ev.source_r == 16) & (ev.target_r == 0) & (ev.tocom == 1)
+    ev.loc[down, "top1"] -= down_loss
+    ev.loc[down & (ev.variant == "cls"), "top1"] -= cls_down - down_loss
+    evit = ev[ev.tocom == 0].assign(method="evit")
+    evit.loc[evit.dataset.isin(PLANTED_TASKS["structured"]), "top1"] += evit_structured
+    pd.concat([ev, evit]).to_csv(ctx.table_path("eval"), index=False)
+    pd.DataFrame([dict(backbone_key="deit_b", backbone="deit_base_patch16_224", method="tome", variant="tocom",
+                       kind="tocom", loss="kd", rank=2, r_max=16, groups=groups, width=768, depth=12,
+                       train_scale=0.1, params=1179648)]).to_csv(ctx.table_path("plugins"), index=False)
+    pd.DataFrame([dict(backbone_key="deit_b", backbone="deit_base_patch16_224", method="none", dataset="cifar100",
+                       role="final", source_r=0, seed=0, mode="full", num_classes=100, epochs=1, split="trainval",
+                       params=85875556)]).to_csv(ctx.table_path("models"), index=False)
+    ctx._cache.clear()
+    return ctx
+
+
+def test_text_claims_get_verdicts_from_planted_results(tmp_path):
+    """(f)-(j) of the claims item on planted results: each verdict follows the planted effect."""
+    ctx = plant_text_claims(planted(tmp_path / "holds", gains={"tocom": 4.0, "cls": 4.0}))
+    df = text_verdicts(ctx)
+    f = verdict(df, "(f)", "VTAB-1k: + ToCom 0 → 16 − plain 16 → 16")   # the 4-point gain makes up the 4-point drop
+    assert f.verdict == "holds" and f.n_pairs == 18 and abs(f["mean"]) < 0.5
+    assert verdict(df, "(f)", "VTAB-1k: + ToCom 0 → 12").verdict == "not in this run"    # no model at 12 → 12
+    assert verdict(df, "(f)", "CIFAR-100 + FGVC: + ToCom 0 → 16").verdict == "not in this run"
+    g = verdict(df, "(g)")
+    assert g.verdict == "holds" and g["mean"] == pytest.approx(-1.5, abs=0.3) and g.expected == "< 0"
+    up, down = verdict(df, "(h)", "ToCom − CLS loss (`cls`), mean over 0 → 16, 0 → 12"), \
+        verdict(df, "(h)", "ToCom − CLS loss (`cls`), mean over 16 → 0")
+    assert up.verdict == "holds" and abs(up["mean"]) < 0.5
+    assert down.verdict == "holds" and down["mean"] == pytest.approx(1.5, abs=0.3)
+    i = verdict(df, "(i)")
+    assert i.verdict == "holds" and i["mean"] == pytest.approx(-5.0, abs=0.3) and i.n_pairs == 6
+    others = df[(df.kind == "detail") & df.block.str.startswith("(i)")]
+    assert len(others) == 2 and (others["mean"].abs() < 0.5).all()        # Natural, Specialized: no gap
+    j = verdict(df, "(j)")
+    assert j.verdict == "holds" and j["mean"] == pytest.approx(100 * 1179648 / 16 / 85875556)     # 0.086 %
+    whole = df[(df.kind == "detail") & df.block.str.startswith("(j)")].iloc[0]
+    assert whole["mean"] == pytest.approx(100 * 1179648 / 85875556)                                # 1.37 %
+    md = ctx.out("claims", ".md").read_text()
+    assert "#### The text's qualitative claims: verdicts" in md and "Verdicts — **holds**" in md
+
+
+def test_text_claims_that_the_results_contradict_do_not_hold(tmp_path):
+    ctx = plant_text_claims(planted(tmp_path / "fails"), down_loss=-1.5, cls_down=-3.0, evit_structured=3.0,
+                            groups=1)
+    df = text_verdicts(ctx)
+    f = verdict(df, "(f)", "VTAB-1k: + ToCom 0 → 16")          # a 2-point gain leaves 2 of the 4 points lost
+    assert f.verdict == "does not hold" and f["mean"] == pytest.approx(-2.0, abs=0.3)
+    assert verdict(df, "(g)").verdict == "does not hold"         # the gain is larger going down
+    assert verdict(df, "(h)", "ToCom − CLS loss (`cls`), mean over 16 → 0").verdict == "does not hold"
+    assert verdict(df, "(i)").verdict == "does not hold"
+    j = verdict(df, "(j)")
+    assert j.verdict == "does not hold" and "1.374 % is not about 0.1 %" in j.reason
+    ctx.report.pop("evit")                                       # no EViT role: said, not invented
+    ctx._cache.clear()
+    assert verdict(text_verdicts(ctx), "(i)").verdict == "not in this run"
 
 
 # ---- Snakemake's own report -----------------------------------------------------------------------------

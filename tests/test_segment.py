@@ -259,6 +259,22 @@ def test_flops_reproduce_table11():
         assert segmenter_flops(m, r)["mlp_tokens"] == [1025 - r] * 12
 
 
+def test_tocom_flops_prints_table11(capsys):
+    """`tocom flops ... --head segmenter` prints Table 11's four rows, r first and GFLOPs after it, each within 1 %
+    of the paper's (the encoder and decoder counted without the attention products, as the paper does)."""
+    from tocom.cli import main
+
+    paper = _table11()
+    argv = ["flops", "--model", "deit_base_patch16_384", "--method", "tome_ffn", "--img-size", "512",
+            "--head", "segmenter", "--r", *map(str, sorted(paper))]
+    assert main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    ours = {int(row[0]): float(row[1]) for row in rows}
+    assert sorted(ours) == sorted(paper)
+    assert all(abs(ours[r] / paper[r] - 1) < 0.01 for r in paper), (ours, paper)
+    assert ours[0] == pytest.approx(105.695, abs=1e-3)       # with q kᵀ and attention · v it would be 129.4
+
+
 # ----------------------------------------------------------------------------- mIoU
 
 
@@ -425,6 +441,9 @@ def test_segment_finetune_then_evaluate_give_miou_per_target_plain_and_with_toco
         assert not (rows.split == "test").sum() > 1                        # test only at the chosen s
     g = plain.groupby("target_r").gflops.first()
     assert g.is_monotonic_decreasing and g[24] < g[0]
+    for t in (0, 24):         # Table 11's convention (no attention products), as `tocom flops --head segmenter`
+        assert g[t] == pytest.approx(segmenter_flops(model, t, attention_matmuls=False)["gflops"], rel=1e-9)
+        assert g[t] < segmenter_flops(model, t)["gflops"]
     # a step-8 plugin refuses degrees between its steps, in one line
     assert main(["segment-evaluate", "--checkpoint", str(seg), "--targets", "4", "--plugin", str(plugin),
                  "--limit", "2", *common, "--out", str(tmp_path / "bad.csv")]) == 2

@@ -93,7 +93,7 @@ def test_bad_settings_in_a_config_are_one_line(change, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("config", ["cpu", "smoke", "paper"])
+@pytest.mark.parametrize("config", ["cpu", "smoke", "paper", "gpu"])
 def test_committed_configs_are_valid(config):
     validate_config(yaml.safe_load((REPO / f"config/{config}.yaml").read_text()), SCHEMA)
 
@@ -115,7 +115,8 @@ def test_cli_flags_come_from_settings():
     assert EvalMethodSettings.from_args(args).method is None
 
 
-@pytest.mark.parametrize("argv", [["flops", "--method", "tome_ffn"], ["bench", "--method", UNCOMPRESSED],
+@pytest.mark.parametrize("argv", [["flops", "--method", UNCOMPRESSED], ["flops", "--head", "mask"],
+                                  ["bench", "--method", "tome_ffn"], ["bench", "--method", UNCOMPRESSED],
                                   ["bench", "--mode", "plugin"],
                                   ["evaluate", "--checkpoint", "c", "--targets", "0", "--out", "o", "--method", "none2"]])
 def test_cli_choices_come_from_settings(argv, capsys):

@@ -87,6 +87,11 @@ def outputs_are_whole(results: Path) -> None:
                 c["studies"][0]["sets"][0].update(datasets=["fashion_mnist"])), "/nonexistent/fashion-mnist"),
     (lambda c: c.update(seeds=[0, 0]), "seeds: 0 listed more than once"),       # Table 1 would count pairs twice
     (lambda c: c.update(name=".."), "name: '..' does not match"),                # results would land in the repo root
+    # a per-GPU batch that cannot fit the GPU the config names (8,192 images of 2.2 MB of activations > 16 GB)
+    (lambda c: (c["resources"]["finetune"].update(gpus=1, gpu_model="V100-16GB"),
+                c["recipes"]["cifar"].update(batch_size=8192)), "resources.finetune.gpu_model V100-16GB (16 GB): job"),
+    (lambda c: c["resources"].update({"finetune.nope": {"gpus": 1}}), "resources.finetune.nope: no recipe 'nope'"),
+    (lambda c: c["resources"]["eval"].update(gpu_model="H100"), "resources/eval/gpu_model"),
 ])
 def test_bad_config_stops_before_any_job_with_one_line(tmp_path, change, message):
     config = smoke_config()
@@ -161,17 +166,26 @@ def test_paper_dag_dry_run(paper_data_root):
     # and dataset): CIFAR+FGVC 5 x (8 ToMe sources + the 7 sources > 0 of EViT and of IdleViT); VTAB-1k DeiT-B
     # 19 x (4 ToMe sources + r = 16 for EViT and for IdleViT), DeiT-S and MAE 19 x 2 each (one method each).
     assert counts["finetune"] == str(5 * (8 + 2 * 7) + 19 * (4 + 2 * 1) + 19 * 2 * 2)       # 300 (was 348)
-    # each VTAB-1k model has a train800 companion that chooses s, shared at r = 0 like the model itself
-    assert counts["finetune_select"] == str(19 * (4 + 2 * 1) + 19 * 2 * 2)                  # 190 (was 228)
+    # every final model trains on all of its training data (CIFAR/FGVC train, VTAB-1k train800val200), so each has
+    # a companion trained on `train` that chooses s, shared at r = 0 like the model itself: 300, of which the 61
+    # at r = 0 of a searched dataset (FGVC 4, VTAB-1k 19 x 3 backbones) are their search's winning candidate,
+    # linked (search_chosen), not retrained
+    assert counts["finetune_select"] == str(300 - 4 - 19 * 3)                                # 239
+    assert counts["search_chosen"] == str(4 + 19 * 3)
     # searches at r = 0, shared by the methods: FGVC lr (4 x 6), VTAB adapter scale (19 x 5 x 3 backbones)
     assert counts["search_candidate"] == str(4 * 6 + 19 * 5 * 3) and counts["search_select"] == str(4 + 19 * 3)
+    # CIFAR-100's batch of 1,024 runs on 8 GPUs (resources.finetune.cifar), FGVC's 64 on one (resources.finetune)
+    jobs = dict(re.findall(r"output: results/paper/(\S+)\n(?:    .*\n)*?    resources: (.*)\n", res.stdout))
+    assert "gpu=8," in jobs["finetune/deit_b/tome/cifar100/r4_seed0.safetensors"]
+    assert "gpu=8," in jobs["select/deit_b/none/cifar100/r0_seed0.safetensors"]
+    assert "gpu=1," in jobs["finetune/deit_b/tome/cub200/r4_seed0.safetensors"]
     print(f"paper dry run: {time.time() - started:.1f} s")
 
 
 @pytest.mark.parametrize("name, finetunes", [
     ("cpu", None),
-    # paper: test_paper_dag_dry_run's 300 final models and 190 VTAB-1k train800 companions
-    ("paper", 300 + 190),
+    # paper: test_paper_dag_dry_run's 300 final models and 239 trained companions (the 61 others are search winners)
+    ("paper", 300 + 239),
 ])
 def test_one_source0_finetune_serves_every_method(name, finetunes):
     """At source r = 0 nothing is compressed while fine-tuning: one model per (backbone, dataset, seed, role),
@@ -231,8 +245,10 @@ def test_smoke_dag_dry_run_counts(tmp_path):
     # one evaluation per model and method: 14 ToMe + 2 EViT + 2 IdleViT + 2 tiny2
     assert counts["evaluate"] == 14 + 2 + 2 + 2 == 20
     # tiny2's vtab_refit trains on trainval: a train companion per source, and one adapter-scale search
-    # (2 candidates) at r = 0
-    assert (counts["finetune_select"], counts["search_candidate"], counts["search_select"]) == (2, 2, 1)
+    # (2 candidates) at r = 0, whose winner is the r = 0 companion (linked, not retrained)
+    assert (counts["finetune_select"], counts["search_candidate"], counts["search_select"]) == (1, 2, 1)
+    assert counts["search_chosen"] == 1
+    assert "results/smoke/search/tiny2/none/synth__count/seed0/chosen.safetensors" in res.stdout
     assert (counts["pretrain_backbone"], counts["distill"], counts["transfer"]) == (2, 14, 1)
     assert "results/smoke/finetune/tiny/none/synth__texture/r0_seed0.safetensors" in res.stdout
     assert "finetune/tiny/evit/synth__texture/r0" not in res.stdout
@@ -291,6 +307,10 @@ def test_layout_names_jobs_after_their_outputs():
     method = re.compile(layout.WILDCARDS["method"])
     assert all(method.fullmatch(m) for m in (*METHODS, *DENSE_METHODS, UNCOMPRESSED))
     assert not any(method.fullmatch(m) for m in ("tome_", "tomeevit", "dense", ""))
+    # a search candidate's label never names the linked winner (search/.../chosen.safetensors has one producer)
+    candidate = re.compile(layout.WILDCARDS["candidate"])
+    assert candidate.fullmatch("lr0.001") and candidate.fullmatch("lr0.001_adapter_scale10.0")
+    assert not candidate.fullmatch("chosen")
 
 
 def test_paper_variants_follow_the_main_plugin_and_a_config_adds_or_replaces_them():

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from . import layout
 from .errors import TocomError
-from .settings import (SPLITS, UNCOMPRESSED, BenchSettings, DistillSettings, EvalMethodSettings, EvalSettings,
-                       FinetuneSettings, MeasureSettings, PretrainSettings, RunSettings, SegmentSettings,
-                       SourceMethodSettings, SourceSettings, SweepSettings, check_choosing_split, splits_overlap)
+from .settings import (DENSE_METHODS, SPLITS, UNCOMPRESSED, BenchSettings, DistillSettings, EvalMethodSettings,
+                       EvalSettings, FinetuneSettings, FlopsSettings, MeasureSettings, PretrainSettings, RunSettings,
+                       SegmentSettings, SourceMethodSettings, SourceSettings, SweepSettings, check_choosing_split,
+                       splits_overlap)
 
 COMMANDS: dict[str, tuple] = {}
 
@@ -61,27 +62,48 @@ class _Distinct(argparse.Action):
 
 
 def _configure_flops(p):
-    SweepSettings.add_arguments(p)
+    FlopsSettings.add_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-@command("flops", "analytic GFLOPs and per-layer token counts per r")
-def _flops(args):
-    from .compress import flops, patch
+def _flops_model(sweep: FlopsSettings):
+    """The counted model (random weights: only its shapes count): the ViT, or a Segmenter on it (ADE20K's head)."""
+    from .compress import patch
     from .models import create_backbone
 
-    sweep = SweepSettings.from_args(args)
-    model = patch(create_backbone(sweep.model), sweep.method)
-    _check_degree(model, "--r", sweep.r)
-    rows = [flops(model, r) for r in sweep.r]
+    if sweep.head == "segmenter":
+        from .segment import ADE20K_SETTING, create_segmenter
+
+        model = create_segmenter(sweep.model, n_cls=ADE20K_SETTING["n_cls"],
+                                 img_size=sweep.img_size or ADE20K_SETTING["img_size"],
+                                 decoder_depth=ADE20K_SETTING["decoder_depth"])
+    else:
+        model = create_backbone(sweep.model, **({"img_size": sweep.img_size} if sweep.img_size else {}))
+    return patch(model, sweep.method)
+
+
+@command("flops", "analytic GFLOPs and per-layer token counts per r (Table 11: --head segmenter)")
+def _flops(args):
+    from .compress import flops
+
+    sweep = FlopsSettings.from_args(args)
+    model = _flops_model(sweep)
+    _check_degree(getattr(model, "tocom_backbone", model), "--r", sweep.r)     # a Segmenter's: its encoder's
+    if sweep.head == "segmenter":
+        from .segment import TABLE11_ATTENTION_MATMULS, segmenter_flops
+
+        rows = [segmenter_flops(model, r, attention_matmuls=TABLE11_ATTENTION_MATMULS) for r in sweep.r]
+    else:
+        rows = [flops(model, r) for r in sweep.r]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     base = rows[0]["gflops"] if sweep.r[0] == 0 else None
-    print(f"{'r':>3}  {'GFLOPs':>8}  {'ratio':>6}  tokens entering each block")
+    tokens = "mlp_tokens" if sweep.method in DENSE_METHODS else "attn_tokens"
+    print(f"{'r':>3}  {'GFLOPs':>8}  {'ratio':>6}  tokens entering each {'FFN' if tokens == 'mlp_tokens' else 'block'}")
     for r, row in zip(sweep.r, rows):
         ratio = f"{base / row['gflops']:6.2f}" if base else "     -"
-        print(f"{r:>3}  {row['gflops']:8.3f}  {ratio}  {row['attn_tokens']}")
+        print(f"{r:>3}  {row['gflops']:8.3f}  {ratio}  {row[tokens]}")
 
 
 _flops.configure = _configure_flops
@@ -277,6 +299,25 @@ def _select(args):
 
 
 _select.configure = _configure_select
+
+
+def _configure_link_chosen(p):
+    p.add_argument("--chosen", required=True, metavar="JSON", help="the search result (`tocom select`)")
+    p.add_argument("--candidates", nargs="+", required=True, metavar="MODEL",
+                   help="the candidates' models (from `tocom finetune --score-split val`)")
+    p.add_argument("--out", required=True, help="the link to write (a relative symlink to the chosen model)")
+
+
+@command("link-chosen", "link the chosen search candidate's model: it is what a fine-tune on train with the "
+                        "chosen settings would retrain", reads=("chosen", "candidates"))
+def _link_chosen(args):
+    from .search import link_chosen
+
+    model = link_chosen(args.chosen, args.candidates, args.out)
+    print(f"{args.out} -> {model}")
+
+
+_link_chosen.configure = _configure_link_chosen
 
 
 def _plugin_spec(spec: str) -> tuple[str, str]:
@@ -734,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.from_args(args)
         check_files(args)
         check_device(args)
-        if args.command != "select":   # before any model is built: fresh heads and inits are seeded too
+        if args.command not in ("select", "link-chosen"):   # before any model is built: fresh heads and inits are seeded too
             seed = RunSettings.from_args(args).seed       # checked before torch is imported
             from .engine.common import seed_everything
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import layout
 from .errors import TocomError
+from .gpus import GPUS, Need, gpu_spec, memory_need
 from .layout import GENERATED_FAMILY
 from .settings import (DENSE_METHODS, UNCOMPRESSED, BenchSettings, config_schema, DistillSettings, EvalSettings, FinetuneSettings,
                        PretrainSettings, SearchSettings, SegmentSettings, TaskSettings, splits_overlap)
@@ -133,7 +134,9 @@ def backbone_geometry(timm_name: str) -> dict:
     with torch.device("meta"):
         model = create_backbone(timm_name)            # an unknown name or a non-ViT is one TocomError line
     return {"patches": model.patch_embed.num_patches, "depth": len(model.blocks), "max_r": max_r(model),
-            "has_head": model.num_classes > 0}
+            "has_head": model.num_classes > 0, "width": model.embed_dim, "prefix": model.num_prefix_tokens,
+            "patch_size": int(model.patch_embed.patch_size[0]), "img_size": int(model.patch_embed.img_size[0]),
+            "params": sum(p.numel() for p in model.parameters())}
 
 
 @lru_cache(maxsize=None)
@@ -220,7 +223,9 @@ class SegmentRun(_Laid):
 @dataclass(frozen=True)
 class FinetuneRun(_Laid):
     """One fine-tune. role "final": the model that is evaluated; "select": its companion trained on
-    `train` at the same source r, which chooses s on `val` when the final model trained on val too.
+    `train` at the same source r, which chooses s on `val` when the final model trained on val too;
+    "chosen": a companion that would retrain its search's winning candidate (`Grid._selector`), so it is
+    that candidate's model, linked (layout.CHOSEN_MODEL), and nothing trains.
     `method` is the compression active while training: UNCOMPRESSED for the source r = 0 model that
     every method shares (see `Grid._finetune`)."""
     backbone: str
@@ -233,7 +238,12 @@ class FinetuneRun(_Laid):
 
     @property
     def template(self) -> str:
-        return layout.ROLES[self.role]
+        return layout.CHOSEN_MODEL if self.role == "chosen" else layout.ROLES[self.role]
+
+    @property
+    def chosen_path(self) -> str:
+        """The search result a "chosen" companion is linked from."""
+        return layout.path(layout.CHOSEN, **self.fields)
 
 
 @dataclass(frozen=True)
@@ -329,6 +339,9 @@ class Grid:
         self._expand_bench()
         self._expand_segmentation()
         self._check_plugins()
+        self._check_resources()
+        if check_geometry:
+            self._check_gpu_fit()
         if check_files:
             self._check_data()
 
@@ -348,7 +361,7 @@ class Grid:
         s = s.replace(**FinetuneSettings.from_mapping({**s.asdict(), **own}, f"dataset_settings.{run.dataset}").asdict())
         if isinstance(run, SearchRun):
             return s.replace(split="train", **dict(run.overrides))
-        return s.replace(split="train") if run.role == "select" else s
+        return s.replace(split="train") if run.role != "final" else s
 
     def search_for(self, run: FinetuneRun | SearchRun) -> SearchSettings | None:
         return self.recipes[run.recipe][1]
@@ -406,15 +419,35 @@ class Grid:
                           tuple(sorted(overrides.items()))) for overrides in search.candidates()]
 
     def _selector(self, run: FinetuneRun) -> FinetuneRun | None:
-        """The companion that chooses s when the final model trained on the selection split too."""
+        """The companion that chooses s when the final model trained on the selection split too: trained on
+        `train` (role "select"), or, when that would retrain its search's winning candidate, the winner
+        itself (role "chosen": `retrains_winner`)."""
         select = self.eval_settings.select_split
         if not splits_overlap(self.finetune_settings(run).split, select):
             return None
         if splits_overlap("train", select):
             raise TocomError(f"evaluate.select_split {select!r} overlaps every training split; choose s on 'val'")
         sel = FinetuneRun(run.backbone, run.method, run.dataset, run.source, run.seed, run.recipe, role="select")
+        if self.retrains_winner(sel):
+            return FinetuneRun(*(getattr(sel, f) for f in ("backbone", "method", "dataset", "source", "seed",
+                                                           "recipe")), role="chosen")
         self.finetunes[sel.path] = sel
         return sel
+
+    def retrains_winner(self, run: FinetuneRun) -> bool:
+        """Would `run`, with its search's choice applied (`tocom finetune --chosen`), be the winning candidate
+        trained again? True when it trains on `train` at the search's source r and method, and applying any
+        candidate's searched settings (search.applied) to its settings gives that candidate's exactly: the same
+        model from the same seed, whichever candidate wins."""
+        from .search import applied
+
+        cands = self._search_runs(run)
+        if not cands or any((c.method, c.source) != (run.method, run.source) for c in cands):
+            return False
+        mine = self.finetune_settings(run)
+        theirs = [self.finetune_settings(c) for c in cands]
+        keys = applied([t.asdict() for t in theirs])
+        return all(mine.replace(**{k: getattr(t, k) for k in keys}) == t for t in theirs)
 
     def _expand_studies(self) -> None:
         for study in self.config.get("studies", []):
@@ -561,6 +594,83 @@ class Grid:
                                  f"but distill.r_max is {r_max}")
         for run in self.finetunes.values():     # every dataset-level override must be a valid setting
             self.finetune_settings(run)
+
+    # ---- resources and GPU memory ----------------------------------------------------------------
+    def resources_of(self, kind: str, recipe: str | None = None) -> dict:
+        """The `resources` entry a job runs with: `kind`'s, with a recipe's fine-tunes (its searches, final models
+        and companions) taking `finetune.<recipe>` over `finetune` (e.g. CIFAR-100's batch of 1,024 on 8 GPUs)."""
+        res = self.config["resources"]
+        return {**res[kind], **(res.get(f"{kind}.{recipe}") or {})} if recipe else dict(res[kind])
+
+    def _check_resources(self) -> None:
+        res = self.config["resources"]
+        for key in res:
+            kind, _, recipe = key.partition(".")
+            if not recipe:
+                continue
+            if recipe not in self.recipes:
+                raise TocomError(f"resources.{key}: no recipe {recipe!r} under `recipes`; name one of "
+                                 f"{', '.join(self.recipes)}")
+            extra = sorted(k for k in ("runtime", "mem_mb") if k in res[key] and k not in res[kind])
+            if extra:
+                raise TocomError(f"resources.{key} sets {', '.join(extra)}, which resources.{kind} leaves to the "
+                                 f"profile; set it in resources.{kind} too")
+
+    def resource_key(self, kind: str, recipe: str | None = None) -> str:
+        """`kind`, or `kind.recipe` when the config gives that recipe's jobs an entry of their own."""
+        return f"{kind}.{recipe}" if recipe and f"{kind}.{recipe}" in self.config["resources"] else kind
+
+    def gpu_needs(self, dtype_bytes: int = 2) -> list[tuple[str, str, Need]]:
+        """(resources key, job, per-GPU need) of every GPU job of the grid, each at its largest degree's cost (r = 0),
+        with activations at `dtype_bytes` (2: fp16/bf16 autocast). See tocom/gpus.py."""
+        def need(backbone, batch, key, img_size=None, trains_all=True, backward=True, extra_depth=0):
+            g = self.geometry(backbone)
+            tokens = g["prefix"] + (g["patches"] if not img_size else (img_size // g["patch_size"]) ** 2)
+            gpus = self.resources_of(*key.split(".", 1)).get("gpus", 0) or 1
+            return memory_need(params=g["params"], tokens=tokens, width=g["width"], depth=g["depth"] + extra_depth,
+                               batch=batch, gpus=gpus, trains_all=trains_all, backward=backward,
+                               dtype_bytes=dtype_bytes)
+
+        out = []
+        for backbone, method, variant in sorted(self.plugins):
+            _, s = self.distill_settings(backbone, variant)
+            out.append(("distill", layout.job(layout.PLUGIN, backbone=backbone, method=method, variant=variant),
+                        need(backbone, s.batch_size, "distill", s.img_size, trains_all=False)))
+        for run in [*self.finetunes.values(), *self.searches.values()]:
+            s, key = self.finetune_settings(run), self.resource_key("finetune", run.recipe)
+            out.append((key, run.job, need(run.backbone, s.batch_size, key, trains_all=s.mode == "full")))
+        ev_batch = self.eval_settings.batch_size
+        out += [("eval", ev.job, need(ev.finetune.backbone, ev_batch, "eval", backward=False))
+                for ev in self.evals.values()]
+        out += [("eval", t.job, need(t.backbone, ev_batch, "eval", backward=False)) for t in self.transfers]
+        for b in self.benches:
+            entry = next(x for x in self.config["bench"] if (x["backbone"], x["method"]) == (b.backbone, b.method))
+            out.append(("bench", b.job, need(b.backbone, entry["batch_size"], "bench", backward=b.mode == "train")))
+        if self.segments:
+            seg, s = self.config["segmentation"], self.segment_settings()
+            kind = "segment" if "segment" in self.config["resources"] else "finetune"
+            ev = self.eval_settings.replace(**(seg.get("evaluate") or {}))
+            for run in self.segments.values():
+                out.append((kind, run.job, need(run.backbone, s.batch_size, kind, s.crop_size,
+                                                extra_depth=s.decoder_depth)))
+                out.append(("eval", layout.job(layout.SEGMENT_EVAL, **run.fields),
+                            need(run.backbone, ev.batch_size, "eval", s.crop_size, backward=False,
+                                 extra_depth=s.decoder_depth)))
+        return out
+
+    def _check_gpu_fit(self) -> None:
+        """A job whose per-GPU batch cannot fit the GPU its `resources` entry names stops the run here."""
+        for key, job, need in self.gpu_needs():
+            entry = self.resources_of(*key.split(".", 1))
+            gpu = entry.get("gpu_model")
+            if not gpu or not entry.get("gpus") or need.fits(gpu):
+                continue
+            larger = [g for g in GPUS if need.fits(g)]
+            raise TocomError(
+                f"resources.{key}.gpu_model {gpu} ({gpu_spec(gpu).memory_gb:g} GB): job {job} needs "
+                f"{need.total_gb:.1f} GB per GPU ({need.batch_per_gpu} images per GPU: {need.activations_gb:.1f} GB "
+                f"of activations, {need.state_gb:.1f} GB of weights and optimizer state; tocom/gpus.py); give it "
+                f"more GPUs or a smaller batch" + (f", or name {larger[0]}" if larger else ""))
 
     def data_root(self, dataset: str) -> str | None:
         """The root passed to `tocom --data-root` (None: the dataset's documented default).

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from .settings import DENSE_METHODS, METHODS, UNCOMPRESSED
+from .settings import DENSE_METHODS, METHODS, SEARCHABLE, UNCOMPRESSED
 
 # ---- the templates (relative to the run folder) --------------------------------------------------------
 BACKBONE = "backbones/{backbone}.safetensors"
@@ -33,6 +33,9 @@ TRAINING_SIBLINGS = (RECORD, RESUME, LOCK)
 SEARCH = "search/{backbone}/{method}/{dataset}/seed{seed}/{candidate}.safetensors"
 SEARCH_SCORE = SEARCH + SCORE
 CHOSEN = "search/{backbone}/{method}/{dataset}/seed{seed}/chosen.json"
+# The winning candidate's model, linked (`tocom link-chosen`): it stands in for a selection companion that would
+# retrain it (trained on `train` at the search's source r with the chosen settings, same seed).
+CHOSEN_MODEL = "search/{backbone}/{method}/{dataset}/seed{seed}/chosen.safetensors"
 EVAL = "eval/{backbone}/{method}/{dataset}/r{source}_seed{seed}.csv"
 TRANSFER = "transfer/{backbone}/{method}/{a}_to_{b}_r{high}_seed{seed}.csv"
 BENCH = "bench/{backbone}/{method}_{mode}.csv"
@@ -68,6 +71,7 @@ FIELDS = {
     "b": r"[^/]+?",
     "mode": r"[a-z]+",                            # bench modes (infer, train, plugin): no "_", so tome_ffn_infer parses
     "task": r"[a-z0-9_]+",
+    "candidate": rf"(?:{'|'.join(SEARCHABLE)})[^/]*",   # search.candidate_label: never "chosen" (CHOSEN_MODEL)
     "ext": r"\.\w+",
 }
 INTS = ("source", "seed", "high")

@@ -6,12 +6,16 @@ train for CIFAR/FGVC, val200 for VTAB-1k. Each candidate is a fine-tune on `trai
 source degree (`SearchSettings.source_r`; the paper is silent, we search once per dataset at r = 0
 and reuse the choice for every source), scored plain on `val` by `tocom finetune --score-split val`.
 `select` keeps the best (ties: the earlier candidate in grid order) and writes the chosen settings,
-which `tocom finetune --chosen` applies on top of the recipe. Torch-free.
+which `tocom finetune --chosen` applies on top of the recipe. A fine-tune on `train` at the search's
+source r with the chosen settings would retrain the winning candidate (same seed, split and settings):
+`link_chosen` links the winner's model next to the result instead (tocom/experiments.py decides when a
+model is such a retraining). Torch-free.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from .errors import TocomError
@@ -71,22 +75,68 @@ def _check_scores(candidates: list[str], scores: list[dict]) -> None:
                              f"{path}: {describe(other)}); select among candidates of one search only")
 
 
+def best(top1s: list[float]) -> int:
+    """Index of the best held-out score; ties go to the earlier candidate (grid order)."""
+    return max(range(len(top1s)), key=lambda i: (top1s[i], -i))
+
+
+def applied(settings: list[dict]) -> set[str]:
+    """The searched settings a choice applies (`--chosen`): those the candidates' settings vary, or every
+    searched one of a single candidate."""
+    keys = [k for k in SEARCHABLE if any(k in s for s in settings)]
+    if len(settings) == 1:
+        return set(keys)
+    return {k for k in keys if len({json.dumps(s.get(k)) for s in settings}) > 1}
+
+
 def select(candidates: list[str], out: str | Path) -> dict:
     """Pick the candidate with the best held-out top-1; write {chosen, split, dataset, backbone, candidates} to
     `out` (and the candidates' digests under `lineage`)."""
     scores = [_read(p) for p in candidates]
     _check_scores(candidates, scores)
     splits = {s["split"] for s in scores}
-    best = max(range(len(scores)), key=lambda i: (scores[i]["top1"], -i))
-    chosen = {k: scores[best]["settings"][k] for k in SEARCHABLE if k in scores[best]["settings"]}
-    varied = {k for k in SEARCHABLE if len({json.dumps(s["settings"].get(k)) for s in scores}) > 1}
-    result = {"chosen": {k: v for k, v in chosen.items() if k in varied or len(scores) == 1},
+    winner = scores[best([s["top1"] for s in scores])]["settings"]
+    keys = applied([s["settings"] for s in scores])
+    varied = keys if len(scores) > 1 else set()
+    result = {"chosen": {k: winner[k] for k in SEARCHABLE if k in winner and k in keys},
               "split": splits.pop(), "dataset": scores[0].get("dataset"), "backbone": scores[0].get("backbone"),
               "candidates": [{"path": str(p), "top1": s["top1"], **{k: s["settings"].get(k) for k in varied}}
                              for p, s in zip(candidates, scores)],
               "lineage": {"candidates": [file_entry(p) for p in candidates]}}
     write_json(result, out)
     return result
+
+
+def link_chosen(result: str | Path, models: list[str | Path], out: str | Path) -> Path:
+    """Link (relative symlink, replaced atomically) `out` to the model of the candidate `result` chose, among the
+    candidates' `models` (each scored into <model>.score.json); its header must hold the chosen settings.
+    Returns the linked model."""
+    from .io import header_json, read_safetensors_header
+
+    chosen = read_chosen(result)
+    try:
+        candidates = json.loads(Path(result).read_text())["candidates"]
+        winner = candidates[best([float(c["top1"]) for c in candidates])]["path"]
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise TocomError(f"{result} lists no scored candidates; rerun the search (`tocom select`)") from None
+    by_score = {os.path.abspath(f"{m}.score.json"): Path(m) for m in models}
+    model = by_score.get(os.path.abspath(winner))
+    if model is None or not model.is_file():
+        raise TocomError(f"{result} chose {winner}, whose model is not among the given candidates (or missing); "
+                         "pass every candidate's model with --candidates, or rerun the search")
+    fix = "rerun the search candidate"
+    settings = (header_json(model, read_safetensors_header(model, fix)[0], "tocom", "tocom header", fix)
+                or {}).get("settings") or {}
+    wrong = sorted(k for k, v in chosen.items() if settings.get(k) != v)
+    if wrong:
+        raise TocomError(f"{model} was not trained with the chosen {', '.join(wrong)} ({result}); rerun the search")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(model, out.parent), tmp)
+    os.replace(tmp, out)
+    return model
 
 
 def read_chosen(path: str | Path, dataset: str | None = None, backbone: dict | None = None) -> dict:

@@ -39,6 +39,7 @@ MODES = ("full", "adaptformer", "linear")
 TRAIN_SPLITS = ("train", "trainval")
 SPLITS = ("train", "val", "trainval", "test")
 BENCH_MODES = ("infer", "train")
+FLOPS_HEADS = ("classifier", "segmenter")   # what `tocom flops` counts on top of the ViT
 PLUGIN_CHECK = "plugin"            # a bench job of the workflow: `tocom bench --plugin-check` (inference)
 BENCH_JOBS = (*BENCH_MODES, PLUGIN_CHECK)
 SEARCHABLE = ("lr", "adapter_scale")   # the FinetuneSettings fields a search varies (SearchSettings, in this order)
@@ -235,13 +236,17 @@ def _subclasses(cls) -> list:
 
 def config_schema(path: str | Path) -> dict:
     """The config schema: the hand-written YAML at `path` (top-level keys, studies, report, resources...)
-    with its `$defs` given one entry per settings dataclass (`#/$defs/DistillSettings`, ...) and the
-    method names and bench jobs (`#/$defs/METHODS`, `#/$defs/BENCH_JOBS`), so that no field, choice or range is written twice."""
+    with its `$defs` given one entry per settings dataclass (`#/$defs/DistillSettings`, ...), the method names,
+    bench jobs and GPUs (`#/$defs/METHODS`, `#/$defs/BENCH_JOBS`, `#/$defs/GPU_MODELS`: tocom/gpus.py), so that no
+    field, choice or range is written twice."""
     import yaml
 
     schema = yaml.safe_load(Path(path).read_text())
+    from .gpus import GPUS
+
     schema.setdefault("$defs", {}).update({c.__name__: c.json_schema() for c in _subclasses(Settings)},
                                           METHODS={"type": "string", "enum": list(METHODS)},
+                                          GPU_MODELS={"type": "string", "enum": list(GPUS)},
                                           BENCH_JOBS={"type": "string", "enum": list(BENCH_JOBS)})
     return schema
 
@@ -487,6 +492,19 @@ class SweepSettings(Settings):
     method: str = setting(METHODS[0], "token compression", choices=METHODS)
     r: tuple[int, ...] = setting([0, 2, 4, 8, 12, 16], "compression degrees (tokens merged/pruned/idled per layer)",
                                  check="nonneg")
+
+
+@dataclass(frozen=True)
+class FlopsSettings(SweepSettings):
+    """What `tocom flops` counts: the sweep, dense methods included, at a resolution, with a classifier or a
+    Segmenter on top (Table 11: `--model deit_base_patch16_384 --method tome_ffn --img-size 512 --head segmenter`)."""
+    stage = "flops"
+    method: str = setting(METHODS[0], "token compression (tome_ffn: merged before each FFN, unmerged after)",
+                          choices=METHODS + DENSE_METHODS)
+    img_size: int | None = setting(None, "input resolution in px (none: the backbone's own)", check="positive")
+    head: str = setting(FLOPS_HEADS[0], "classifier: the ViT and its head, every product counted (DeiT/ToMe); "
+                        "segmenter: Segmenter's Mask Transformer for ADE20K (150 classes, 2 layers) on the encoder, "
+                        "attention products left out (Table 11)", choices=FLOPS_HEADS)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ under DDP when launched by torchrun and in bf16 autocast on CUDA when AMP is on.
 `segment_evaluate`: single-scale mIoU at every target r, plain and with each ToCom plugin (applied to
 the encoder, merged into W_q/W_v), the plugin's s chosen per target on a held-out split the model
 never trained on (`val`: disjoint from `train`), then reported on the other splits. One tidy CSV,
-like `tocom evaluate`'s, with `miou` instead of `top1` and the analytic GFLOPs of each target.
+like `tocom evaluate`'s, with `miou` instead of `top1` and the analytic GFLOPs of each target in Table 11's
+convention (no attention products; `tocom flops --head segmenter` prints the same numbers).
 
 The plugins are the classification backbone's, distilled by `tocom distill --method tome_ffn` (the
 paper distils on ImageNet at 512 x 512 for 2 epochs with KD on the classifier): the Segmenter's
@@ -37,7 +38,7 @@ from ..io import header_json, read_safetensors_header, write_csv, write_safetens
 from ..lineage import comparable, data_entry
 from ..models import check_header_values
 from ..plugin import ToCom
-from ..segment import MeanIoU, create_segmenter, segmenter_flops
+from ..segment import TABLE11_ATTENTION_MATMULS, MeanIoU, create_segmenter, segmenter_flops
 from ..settings import EvalSettings, RunSettings, SegmentSettings, splits_overlap
 from .common import Fit, Runtime, evaluate_targets, finish, fit, loader, runtime, seed_everything
 
@@ -194,7 +195,7 @@ def segment_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequen
     model.to(rt.device).eval()
     loaders = {name: _seg_loader(ds, s.batch_size) for name, ds in splits.items()}
     ignore = int((meta.get("settings") or {}).get("ignore_index", 255))
-    gflops = {t: segmenter_flops(model, t)["gflops"] for t in targets}
+    gflops = {t: segmenter_flops(model, t, attention_matmuls=TABLE11_ATTENTION_MATMULS)["gflops"] for t in targets}
 
     def measure(split, target, variant, scale):
         with rt.autocast():

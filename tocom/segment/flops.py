@@ -21,6 +21,10 @@ from torch import nn
 
 from ..compress import flops, method_of
 
+#: Table 11's convention: q kᵀ and attention · v are not counted (see above). Whatever reports a Segmenter's
+#: GFLOPs beside the paper's (`tocom segment-evaluate`'s rows, `tocom flops --head segmenter`) counts with it.
+TABLE11_ATTENTION_MATMULS = False
+
 
 def segmenter_flops(model: nn.Module, r: int | Sequence[int] = 0, method: str | None = None,
                     attention_matmuls: bool = True) -> dict:

@@ -45,26 +45,37 @@ wildcard_constraints:
     **layout.WILDCARDS,
 
 
-def launch(kind):
+def launch(kind, recipe=None):
     """The tocom command for a job; several GPUs per job run it under torchrun (DDP)."""
-    gpus = config["resources"][kind].get("gpus", 0)
+    gpus = GRID.resources_of(kind, recipe).get("gpus", 0)
     if gpus > 1:
         return f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node {gpus} -m tocom.cli"
     return f"{sys.executable} -m tocom.cli"
 
 
-def res(kind):
-    """The job's resources from the config's `resources` entry; what it leaves out, the profile's
-    `default-resources` set (profiles/slurm)."""
-    r = config["resources"][kind]
+def res(kind, recipe=None):
+    """The job's resources from the config's `resources` entry (a recipe's own, `<kind>.<recipe>`, over
+    `kind`'s); what it leaves out, the profile's `default-resources` set (profiles/slurm). `gpu_model` is
+    checked at start-up (tocom/gpus.py), not passed on: SLURM's GPU names are the cluster's own."""
+    r = GRID.resources_of(kind, recipe)
     given = {k: r[k] for k in ("runtime", "mem_mb") if k in r}
     if r.get("gpus", 0) > 0:
         given["gpu"] = r["gpus"]
     return given
 
 
-def threads(kind):
-    return config["resources"][kind].get("cpus", 1)
+def threads(kind, recipe=None):
+    return GRID.resources_of(kind, recipe).get("cpus", 1)
+
+
+def recipe_res(kind, recipe_of):
+    """`resources:` of a rule whose jobs may run with their recipe's entry (`<kind>.<recipe>`, e.g. CIFAR-100's
+    batch of 1,024 on 8 GPUs): the plain `res(kind)` when no recipe has one, else one callable per key."""
+    if not any(k.startswith(kind + ".") for k in config["resources"]):
+        return res(kind)
+    keys = set(res(kind)).union(*(res(kind, k.split(".", 1)[1]) for k in config["resources"]
+                                  if k.startswith(kind + ".")))
+    return {key: (lambda wc, key=key: res(kind, recipe_of(wc)).get(key, 0)) for key in sorted(keys)}
 
 
 def flags(**kw):

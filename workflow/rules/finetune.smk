@@ -1,6 +1,8 @@
 # Stage 3: fine-tuning per dataset x source r x method x backbone x seed (the off-the-shelf models),
 # their selection companions (trained on `train` when the final model trains on the selection split
-# too, e.g. VTAB-1k's train800val200), and the hyper-parameter searches the recipes ask for.
+# too: CIFAR-100 and FGVC on all of train, VTAB-1k on train800val200), and the hyper-parameter searches
+# the recipes ask for. A companion that would retrain its search's winning candidate (same seed, split and
+# settings: the r = 0 companions of searched datasets) is that candidate's model, linked (search_chosen).
 
 
 def finetune_flags(run):
@@ -35,11 +37,11 @@ rule search_candidate:
     benchmark:
         job_benchmark("search", layout.SEARCH)
     params:
-        launch=launch("finetune"),
+        launch=lambda wc: launch("finetune", GRID.search_run(**wc).recipe),
         args=lambda wc: finetune_flags(GRID.search_run(**wc)),
-    threads: threads("finetune")
+    threads: lambda wc: threads("finetune", GRID.search_run(**wc).recipe)
     resources:
-        **res("finetune"),
+        **recipe_res("finetune", lambda wc: GRID.search_run(**wc).recipe),
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} finetune {params.args} --score-split val --out {output.model} "
         "> {log} 2>&1"
@@ -60,6 +62,22 @@ rule search_select:
         "{params.launch} select --candidates {input} --out {output} > {log} 2>&1"
 
 
+rule search_chosen:
+    input:
+        chosen=run_path(layout.CHOSEN),
+        models=lambda wc: [run_path(c.path) for c in GRID.searches.values()
+                           if c.chosen_path == layout.path(layout.CHOSEN, **wc)],
+    output:
+        run_path(layout.CHOSEN_MODEL),
+    log:
+        job_log("search", layout.CHOSEN_MODEL),
+    params:
+        launch=f"{sys.executable} -m tocom.cli",
+    localrule: True
+    shell:
+        "{params.launch} link-chosen --chosen {input.chosen} --candidates {input.models} --out {output} > {log} 2>&1"
+
+
 rule finetune:
     input:
         backbone_input,
@@ -72,11 +90,11 @@ rule finetune:
     benchmark:
         job_benchmark("finetune", layout.FINETUNE)
     params:
-        launch=launch("finetune"),
+        launch=lambda wc: launch("finetune", GRID.finetune_run(**wc).recipe),
         args=lambda wc: finetune_flags(GRID.finetune_run(**wc)) + " " + chosen_flag(GRID.finetune_run(**wc)),
-    threads: threads("finetune")
+    threads: lambda wc: threads("finetune", GRID.finetune_run(**wc).recipe)
     resources:
-        **res("finetune"),
+        **recipe_res("finetune", lambda wc: GRID.finetune_run(**wc).recipe),
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} finetune {params.args} --out {output} > {log} 2>&1"
 
@@ -93,11 +111,11 @@ rule finetune_select:
     benchmark:
         job_benchmark("select", layout.SELECT)
     params:
-        launch=launch("finetune"),
+        launch=lambda wc: launch("finetune", GRID.finetune_run("select", **wc).recipe),
         args=lambda wc: finetune_flags(GRID.finetune_run("select", **wc)) + " "
         + chosen_flag(GRID.finetune_run("select", **wc)),
-    threads: threads("finetune")
+    threads: lambda wc: threads("finetune", GRID.finetune_run("select", **wc).recipe)
     resources:
-        **res("finetune"),
+        **recipe_res("finetune", lambda wc: GRID.finetune_run("select", **wc).recipe),
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} finetune {params.args} --out {output} > {log} 2>&1"

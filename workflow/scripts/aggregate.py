@@ -41,7 +41,7 @@ COLUMNS = {
     "plugins": ["backbone_key", "backbone", "method", "variant", "kind", "loss", "rank", "r_max", "groups", "width",
                 "depth", "train_scale", "params", "split"],
     "models": ["backbone_key", "backbone", "method", "dataset", "role", "recipe", "source_r", "seed", "mode",
-               "num_classes", "epochs", "split"],
+               "num_classes", "epochs", "split", "params"],
     "search": ["backbone_key", "method", "dataset", "seed", "recipe", "candidate", "split", "top1", "chosen"],
     "runtime": ["rule", "job", "repeat", "s", "h", "max_rss", "cpu_time", "gpus", "device_hours"],
 }
@@ -158,7 +158,8 @@ def plugin_row(path):
 
 
 def model_row(path, recipes: dict):
-    meta = json_field(path, header(path)[0], "tocom", "model")
+    meta, shapes = header(path)
+    meta = json_field(path, meta, "tocom", "model")
     for role, template in layout.ROLES.items():
         try:
             f = layout.parse(template, path)
@@ -170,7 +171,8 @@ def model_row(path, recipes: dict):
     row = {"backbone_key": f["backbone"], "backbone": meta.get("backbone"), "method": f["method"],
            "dataset": meta.get("dataset", f["dataset"]), "role": role, "recipe": recipes.get(str(path)),
            "source_r": f["source"], "seed": f["seed"], "mode": meta.get("mode"),
-           "num_classes": meta.get("num_classes"), "epochs": meta.get("epochs"), "split": meta.get("split")}
+           "num_classes": meta.get("num_classes"), "epochs": meta.get("epochs"), "split": meta.get("split"),
+           "params": sum(prod(s) for s in shapes.values())}
     return {**row, **flat_settings(path, meta.get("settings"))}
 
 

@@ -1,7 +1,10 @@
 """Paper-shaped smoke: config/paper.yaml's DAG, backbones and recipes on fixture data, on a CPU.
 
-    python workflow/scripts/paper_smoke.py FOLDER
-    snakemake --cores 1 --configfile FOLDER/paper_smoke.yaml        # from the repo root
+    python workflow/scripts/paper_smoke.py FOLDER [--config config/gpu.yaml]
+    snakemake --cores 1 --configfile FOLDER/paper_smoke.yaml        # from the repo root (gpu_smoke.yaml for gpu.yaml)
+
+Any GPU config of the paper's shape derives the same way (`--config`, default config/paper.yaml; the derived
+run is named <its name>_smoke, so several live side by side in one FOLDER).
 
 config/paper.yaml is otherwise only ever dry-run here, so a shape, recipe or layout bug in a DeiT-B,
 MAE, RandAugment/mixup or 1,000-class path would first show on a GPU cluster after a queue wait.
@@ -21,8 +24,8 @@ This script writes, under FOLDER:
                  pretrained=False)` under a fixed seed, saved with `torch.save({"model": state_dict})` as
                  the DeiT and MAE releases are (MAE without a head), for every backbone the paper config
                  names, plus DeiT-B/384 (`deit_base_patch16_384`), which tests/test_paper_smoke.py runs patched.
-- paper_smoke.yaml  config/paper.yaml loaded and overridden (`derive_config`): never a copy of its values.
-                 Every training step is one optimisation step on N images, searches keep 2 candidates,
+- <name>_smoke.yaml  the config loaded and overridden (`derive_config`): never a copy of its values.
+                 The first seed; every training step is one optimisation step on N images, searches keep 2 candidates,
                  the s grid 2 scales, and the studies one job per rule type; the backbones, recipes
                  (RandAugment, mixup/cutmix, drop-path, label smoothing, AdaptFormer, feature distillation
                  for MAE), r_max 16, the degrees 0 and 16, the report section and the DAG stay the paper's.
@@ -45,7 +48,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER_CONFIG = REPO / "config" / "paper.yaml"
-NAME = "paper_smoke"
+NAME = "paper_smoke"        # the derived name of config/paper.yaml (`smoke_name`)
 N = 4                       # images per training step: batch_size = limit, so one step per epoch
 SEED = 0
 SEG_N = 2                   # segmentation images per step and per evaluated split (512 px crops: the costly jobs)
@@ -324,11 +327,18 @@ def _pick_vtab(datasets: list[str], groups: dict, k: int) -> str:
     return datasets[0]
 
 
+def smoke_name(config: dict) -> str:
+    """The derived run's name: <the config's name>_smoke (paper_smoke for config/paper.yaml)."""
+    return f"{config['name']}_smoke"
+
+
 def derive_config(paper: dict, folder: str | Path) -> dict:
-    """config/paper.yaml with one job per rule type on the fixtures of `folder` (see the module docstring)."""
+    """A GPU config (config/paper.yaml, config/gpu.yaml) with one job per rule type on the fixtures of `folder` (see
+    the module docstring)."""
     folder = Path(folder).absolute()
     cfg = copy.deepcopy(paper)
-    cfg.update(name=NAME, device="cpu", data_root=str(folder / "data"))
+    cfg.update(name=smoke_name(paper), device="cpu", data_root=str(folder / "data"),
+               seeds=list(paper.get("seeds", [0]))[:1])      # one job per rule type: the first seed
     cfg.pop("data_roots", None)
     for bb in cfg["backbones"].values():
         for key in ("pretrained", "pretrain"):
@@ -413,17 +423,18 @@ def derive_config(paper: dict, folder: str | Path) -> dict:
 
 def write_config(folder: Path, paper_config: Path = PAPER_CONFIG) -> Path:
     cfg = derive_config(yaml.safe_load(Path(paper_config).read_text()), folder)
+    path = Path(folder) / f"{cfg['name']}.yaml"
     header = (f"# Derived from {paper_config} by workflow/scripts/paper_smoke.py: do not edit, re-run the script.\n"
-              f"# Run from the repo root:  .venv/bin/snakemake --cores 1 --configfile {folder.absolute()}/{NAME}.yaml\n")
-    path = folder / f"{NAME}.yaml"
+              f"# Run from the repo root:  .venv/bin/snakemake --cores 1 --configfile {path.absolute()}\n")
     path.write_text(header + yaml.safe_dump(cfg, sort_keys=False, width=120))
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("folder", type=Path, help="where data/, checkpoints/ and paper_smoke.yaml go")
-    p.add_argument("--paper-config", type=Path, default=PAPER_CONFIG, help="the config to derive from")
+    p.add_argument("folder", type=Path, help="where data/, checkpoints/ and <name>_smoke.yaml go")
+    p.add_argument("--config", "--paper-config", dest="paper_config", type=Path, default=PAPER_CONFIG,
+                   help="the GPU config to derive from (default: config/paper.yaml; e.g. config/gpu.yaml)")
     p.add_argument("--force", action="store_true", help="rewrite the checkpoints even if they exist")
     args = p.parse_args(argv)
     folder = args.folder.absolute()

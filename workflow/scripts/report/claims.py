@@ -10,20 +10,35 @@
 (d) no extra inference cost and (e) real-time degree switching: `tocom bench --plugin-check` rows of
     bench.csv (merged-plugin images/s against the plain model; `Compensation.switch` latency against
     one rank-k update). Absent rows are said to be absent, never estimated.
-Reads tables/eval.csv, bench.csv, runtime.csv, plugins.csv and the paper's numbers only.
+Then the text's qualitative claims, each with a verdict under claims_at_scale.py's rules (VERDICT_RULES; paired
+tests over (dataset, seed)):
+(f) Sec. 5.2: with ToCom the off-the-shelf model (Fig. 5 source) matches the model fine-tuned at source = target
+    (ToCom at source → t minus plain t → t is not significantly negative, and above −INSENSITIVE_MAX);
+(g) Sec. 5.3: ToCom's gain is smaller when target < source (high → low) than when target > source (low → high);
+(h) Sec. 5.4: the CLS-loss plugin is comparable to ToCom where target > source (the ablation pairs going up) and
+    worse only where target < source (16 → 0);
+(i) Sec. 5.5: EViT is far worse than ToMe on VTAB-1k's Structured group (plain, at `degrees.other`);
+(j) Sec. 4.1: the LoRA modules of one degree step are about 0.1 % of the model's parameters (plugins.csv's
+    parameters per group against the main role's fine-tuned model in models.csv).
+Reads tables/eval.csv, bench.csv, runtime.csv, plugins.csv, models.csv and the paper's numbers only.
 """
 
+import math
 import re
 from pathlib import Path
 
 import pandas as pd
 
-from common.ctx import Ctx, present, run, select
-from common.fmt import NOT_IN_GRID, r_pair, short
-from common.stats import Stat, gain_of
-from common.table import Table
+from claims_at_scale import (ABSENT, FAILS, HOLDS, INSENSITIVE_MAX, NS, VERDICT_RULES, Claim, averaged_over_pairs,
+                             directional, insensitive)
+from common.builders import variant_settings
+from common.ctx import GROUPS, Ctx, present, run, select
+from common.fmt import NOT_IN_GRID, fmt, fmt_p, latex, markdown_table, r_pair, short
+from common.stats import ALPHA, PAIRING, Stat, gain_of, pair_diffs, pair_test
+from common.table import CSV_COLUMNS, Table
 from items import REFERENCES, Item
 from tocom import layout
+from tocom.io import write_csv, write_text
 
 HPARAMS = Path(__file__).resolve().parents[3] / REFERENCES["paper_hparams"]
 A = "(a) Abstract: up to +2.3 (CIFAR-100), +1.5 (FGVC), +2.0 (VTAB-1k)"
@@ -199,13 +214,181 @@ def plugin_costs(ctx: Ctx, t: Table) -> list[str]:
     return notes
 
 
+# ---- the text's qualitative claims, with verdicts ----------------------------------------------------------
+F = "(f) Sec. 5.2: with ToCom the off-the-shelf model matches the one fine-tuned at source = target"
+G = "(g) Sec. 5.3: ToCom's gain is smaller when target < source than when target > source"
+H = "(h) Sec. 5.4: the CLS loss is comparable to KD where target > source, worse only where target < source"
+I = "(i) Sec. 5.5: EViT is far worse than ToMe, especially on Structured"
+J = "(j) Sec. 4.1: the LoRA modules are about 0.1 % of the model's parameters"
+ABOUT = (0.05, 0.15)            # % : "about 0.1 %" at one significant digit
+
+
+def not_worse(claim: Claim, diffs: pd.Series | None, absent: str) -> Claim:
+    """"Matches, or better": does not hold when significantly negative (Wilcoxon p < ALPHA); holds with enough
+    pairs when the mean difference is above −INSENSITIVE_MAX; not significant otherwise."""
+    if diffs is None or diffs.dropna().empty:
+        claim.reason = absent
+        return claim
+    t = claim.test = pair_test(diffs)
+    p = t["p_wilcoxon"]
+    if t["too_few"]:
+        claim.verdict, claim.reason = NS, f"too few pairs: {t['n_pairs']}"
+    elif not math.isnan(p) and p < ALPHA and t["mean"] < 0:
+        claim.verdict, claim.reason = FAILS, "significantly below source = target"
+    elif t["mean"] > -INSENSITIVE_MAX:
+        claim.verdict = HOLDS
+    else:
+        claim.verdict = NS
+        claim.reason = f"no significant difference, but {t['mean']:.2f} ≤ −{INSENSITIVE_MAX:g} point"
+    return claim
+
+
+def matches_source_equals_target(ctx: Ctx) -> list[Claim]:
+    ev, variant = ctx.evals("main"), ctx.plugin("main")
+    source = ctx.report["degrees"]["fig5_source"]
+    out = []
+    for label, datasets in (("CIFAR-100 + FGVC", list(ctx.report["cifar_fgvc"])), ("VTAB-1k", ctx.vtab_all())):
+        for target in sorted(int(t) for t in ctx.report["degrees"]["inference"]["targets"] if t != source):
+            c = Claim(F, f"{label}: + ToCom {r_pair(source, target)} − plain {r_pair(target, target)}", "≥ 0 (≈)")
+            d = pair_diffs(select(ev, target, target, None, datasets), select(ev, source, target, variant, datasets))
+            out.append(not_worse(c, d, f"no ToCom results at {r_pair(source, target)} with plain results at "
+                                       f"{r_pair(target, target)} on the {label} datasets"))
+    return out
+
+
+def smaller_gain_going_down(ctx: Ctx) -> Claim:
+    ev, variant = ctx.evals("main"), ctx.plugin("main")
+    low, high = 0, int(max(ctx.report["degrees"]["inference"]["targets"]))
+    datasets = list(dict.fromkeys([*ctx.report["cifar_fgvc"], *ctx.vtab_all()]))
+
+    def gain(s, t):
+        return pair_diffs(select(ev, s, t, None, datasets), select(ev, s, t, variant, datasets))
+
+    c = Claim(G, f"gain at {r_pair(high, low)} − gain at {r_pair(low, high)}", "< 0")
+    return directional(c, (gain(high, low) - gain(low, high)).dropna(),
+                       f"no plain and ToCom results at both {r_pair(low, high)} and {r_pair(high, low)}")
+
+
+def cls_loss(ctx: Ctx) -> list[Claim]:
+    ev, ours = ctx.evals("main"), ctx.plugin("main")
+    tasks = ctx.vtab_all()
+    cls = [v for v in ctx.report.get("variants", {}).get("ablation", [])
+           if variant_settings(ctx, "main", v)["loss"] == "cls"]
+    pairs = [tuple(p) for p in ctx.report["degrees"]["ablation"]]
+    up, down = [p for p in pairs if p[0] < p[1]], [p for p in pairs if p[0] > p[1]]
+    if not cls:
+        return [directional(Claim(H, "—", "> 0"), None, "`report.variants.ablation` lists no plugin with loss cls")]
+
+    def diffs(sel):
+        return averaged_over_pairs([pair_diffs(select(ev, s, t, cls[0], tasks), select(ev, s, t, ours, tasks))
+                                    for s, t in sel])
+
+    absent = f"no results of `{cls[0]}` and `{ours}` at the ablation pairs on the VTAB-1k tasks"
+    c_up = Claim(H, f"ToCom − CLS loss (`{cls[0]}`), mean over {', '.join(r_pair(*p) for p in up) or '—'}", "≈ 0")
+    d = diffs(up) if up else None
+    out = [insensitive(c_up, {"CLS loss": pair_test(d)} if d is not None and len(d) else {}, absent, None)]
+    c_down = Claim(H, f"ToCom − CLS loss (`{cls[0]}`), mean over {', '.join(r_pair(*p) for p in down) or '—'}",
+                   "> 0")
+    out.append(directional(c_down, diffs(down) if down else None, absent))
+    return out
+
+
+def evit_vs_tome(ctx: Ctx) -> Claim:
+    pairs = [tuple(p) for p in ctx.report["degrees"]["other"]]
+    main, evit = ctx.evals("main"), ctx.evals("evit") if ctx.role("evit") else None
+
+    def diffs(datasets):
+        if evit is None:
+            return None
+        return averaged_over_pairs([pair_diffs(select(main, s, t, None, datasets), select(evit, s, t, None, datasets))
+                                    for s, t in pairs])
+
+    where = ", ".join(r_pair(*p) for p in pairs)
+    c = Claim(I, f"EViT − ToMe, plain, Structured tasks, mean over {where}", "< 0")
+    c = directional(c, diffs(ctx.vtab()["structured"]),
+                    "no plain results of both the `evit` and the `main` role at `degrees.other` on Structured tasks")
+    for g in ("natural", "specialized"):
+        d = diffs(ctx.vtab()[g])
+        if d is not None and len(d):
+            c.details.append(Claim(I, f"EViT − ToMe, plain, {GROUPS[g]} tasks, mean over {where}", "(< 0)",
+                                   pair_test(d), ""))
+    return c
+
+
+def lora_share(ctx: Ctx) -> Claim:
+    role = ctx.role("main")
+    pl, models = ctx.table("plugins"), ctx.table("models")
+    c = Claim(J, "one degree step's LoRA (the plugin's parameters / its groups) / the fine-tuned model's (%)",
+              f"{ABOUT[0]:g}–{ABOUT[1]:g} %")
+    mine = pl[(pl.backbone_key == role["backbone"]) & (pl.method == role["method"])
+              & (pl.variant == ctx.plugin("main"))] if len(pl) else pl
+    have = models[models.backbone_key == role["backbone"]] if "params" in models else models.iloc[0:0]
+    have = have[have.params.notna()] if len(have) else have
+    if mine.empty or have.empty:
+        c.reason = ("plugins.csv has no main plugin" if mine.empty else
+                    "models.csv has no parameter count of a main-role model (`params`)")
+        return c
+    full = have[have["mode"] == "full"] if "mode" in have and (have["mode"] == "full").any() else have
+    total, plugin = float(full.params.min()), mine.iloc[0]
+    per_group = 100.0 * float(plugin.params) / float(plugin.groups) / total
+    c.test = {"mean": per_group, "ci": math.nan, "n_pairs": 0, "n_tasks": 0, "n_seeds": 0, "p_wilcoxon": math.nan,
+              "p_ttest": math.nan, "too_few": False}
+    c.verdict = HOLDS if ABOUT[0] <= per_group < ABOUT[1] else FAILS
+    if c.verdict == FAILS:
+        c.reason = f"{per_group:.3f} % is not about 0.1 %"
+    whole = 100.0 * float(plugin.params) / total
+    c.details.append(Claim(J, f"the whole plugin ({int(plugin.groups)} groups, {int(plugin.params):,} parameters) / "
+                              f"the model's {int(total):,} (%)", "(negligible)",
+                           dict(c.test, mean=whole), ""))
+    return c
+
+
+def text_claims(ctx: Ctx) -> list[Claim]:
+    return matches_source_equals_target(ctx) + [smaller_gain_going_down(ctx)] + cls_loss(ctx) \
+        + [evit_vs_tome(ctx), lora_share(ctx)]
+
+
+def verdict_rows(claims: list[Claim]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(display, CSV rows: kind claim / detail, with expected, verdict and reason) of the text's claims."""
+    show, recs = [], []
+    for c in (x for claim in claims for x in (claim, *claim.details)):
+        t, paired = c.test or {}, bool(c.test and c.test.get("n_pairs"))
+        digits = 3 if c.block == J else 2
+        verdict = c.verdict + (f" ({c.reason})" if c.reason and c.verdict != ABSENT else "")
+        show.append({"claim": c.block, "comparison": ("↳ " if not c.verdict else "") + c.row, "paper": c.expected,
+                     "this run": fmt(t["mean"], digits, c.block != J, t.get("ci", math.nan)) if t else "—",
+                     "pairs (tasks × seeds)": f"{t['n_pairs']} ({t['n_tasks']} × {t['n_seeds']})" if paired else "—",
+                     "Wilcoxon p": fmt_p(t.get("p_wilcoxon")) if paired else "—",
+                     "verdict": verdict if c.verdict else ""})
+        recs.append({"kind": "claim" if c.verdict else "detail", "block": c.block, "row": c.row, "column": "effect",
+                     "mean": t.get("mean"), "ci": t.get("ci"), "n_seeds": t.get("n_seeds", 0),
+                     "n_tasks": t.get("n_tasks", 0), "p_wilcoxon": t.get("p_wilcoxon"), "p_ttest": t.get("p_ttest"),
+                     "n_pairs": t.get("n_pairs", 0), "expected": c.expected, "verdict": c.verdict,
+                     "reason": c.reason})
+    disp = pd.DataFrame(show)
+    disp["claim"] = disp["claim"].where(disp["claim"] != disp["claim"].shift(), "")
+    return disp, pd.DataFrame(recs, columns=CSV_COLUMNS + ["expected", "verdict", "reason"])
+
+
 def make(ctx: Ctx, item: Item) -> None:
     t = Table(ctx, item, f"Each number the paper states in its text, beside this run's (role "
                          f"{ctx.role_label('main')}); gains are ToCom (s chosen on val) minus the same model "
                          "without it, test top-1 points.")
     notes = max_gains(ctx, t) + average_gains(ctx, t) + training_cost(ctx, t) + plugin_costs(ctx, t)
     t.notes += notes
-    t.write()
+    claims = text_claims(ctx)
+    disp, rows = verdict_rows(claims)
+    caption = (f"The text's qualitative claims, each with a verdict (role {ctx.role_label('main')}; (i) against the "
+               f"EViT role): test top-1 points, paired tests across tasks × seeds ({PAIRING}). (f) holds when ToCom "
+               f"is not significantly below source = target and within {INSENSITIVE_MAX:g} point of it; (j) holds "
+               f"when one degree step's share rounds to 0.1 % ({ABOUT[0]:g}–{ABOUT[1]:g} %).")
+    absent = [f"- {c.block}: not in this run: {c.reason}." for c in claims if c.verdict == ABSENT]
+    md = "\n".join([t.markdown(), "", "#### The text's qualitative claims: verdicts", "", caption, "",
+                     f"Verdicts — {VERDICT_RULES}", "", markdown_table(disp), "", *absent, ""])
+    write_text(md, ctx.out(item.stem, ".md"))
+    write_text(latex(t.display(), f"{item.title}. {t.caption}")
+               + latex(disp, f"{item.title}: verdicts. {caption}"), ctx.out(item.stem, ".tex"))
+    write_csv(pd.concat([t.frame(), rows], ignore_index=True), ctx.out(item.stem, ".csv"))
 
 
 if __name__ == "__main__":

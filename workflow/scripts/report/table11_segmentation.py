@@ -57,6 +57,9 @@ def make(ctx: Ctx, item: Item) -> None:
         return stub(ctx, item, f"no test rows at the configured degrees in {layout.TABLE.format(table='segment')}")
     t.notes.append("Paper's degrees inferred from its GFLOPs (reference/paper_results.csv); its encoder is the "
                    "distilled DeiT-B/16-384 at 512 × 512 (1,024 patch tokens), r up to 512.")
+    t.notes.append("GFLOPs in the paper's convention: one multiply-add per FLOP, the attention products q kᵀ and "
+                   "attention · v left out (as `tocom flops --head segmenter` counts them; with them DeiT-B/16-384's "
+                   "Segmenter at r = 0 would be 129.4).")
     t.write()
 
 
