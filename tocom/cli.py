@@ -22,7 +22,7 @@ from . import layout
 from .errors import TocomError
 from .settings import (DENSE_METHODS, SPLITS, UNCOMPRESSED, BenchSettings, DistillSettings, EvalMethodSettings,
                        EvalSettings, FinetuneSettings, FlopsSettings, MeasureSettings, PretrainSettings, RunSettings,
-                       SegmentSettings, SourceMethodSettings, SourceSettings, SweepSettings, check_choosing_split,
+                       SegmentSettings, SourceMethodSettings, SourceSettings, check_choosing_split,
                        splits_overlap)
 
 COMMANDS: dict[str, tuple] = {}
