@@ -116,6 +116,26 @@ def test_evaluation_table_is_tidy_and_picks_s_on_val(chain):
     assert df[(df.tocom == 1) & (df.target_r == 0)].empty     # source == target needs no plugin
 
 
+def test_a_plugin_is_evaluated_at_its_own_targets_only(chain):
+    """plugin_targets restricts where a plugin is evaluated (the grid asks no more than its study sets need); the
+    rows it keeps are the ones a full evaluation gives, and a target outside --targets is refused."""
+    root, _, df = chain
+    ft, ft_meta = load_model(root / "ft_r0.safetensors")
+    plugin = ToCom.load(root / "plugin.safetensors")
+    splits = {"val": data("synth/count", "val", 64), "test": data("synth/count", "test", 64)}
+    s = EvalSettings(scales=(0.5, 1.0), grid_scale=1.0)
+    out = cross_evaluate(ft, ft_meta, splits, [0, 2, 4], {"tocom": plugin, "narrow": plugin}, s, QUIET,
+                         plugin_targets={"narrow": [4]})
+    assert sorted(out[out.variant == "narrow"].target_r.unique()) == [4]
+    assert sorted(out[out.variant == "tocom"].target_r.unique()) == [2, 4]
+    same = ["target_r", "s", "split", "top1", "selected"]
+    narrow = out[out.variant == "narrow"][same].reset_index(drop=True)
+    full = df[(df.variant == "tocom") & (df.target_r == 4)][same].reset_index(drop=True)
+    pd.testing.assert_frame_equal(narrow, full)
+    with pytest.raises(tocom.TocomError, match="plugin targets narrow=3"):
+        cross_evaluate(ft, ft_meta, splits, [0, 2, 4], {"narrow": plugin}, s, QUIET, plugin_targets={"narrow": [3]})
+
+
 def test_fine_tuned_checkpoint_records_its_recipe(chain):
     root, _, _ = chain
     model, meta = load_model(root / "ft_r0.safetensors")
@@ -198,6 +218,8 @@ def test_cli_errors_are_one_line(tmp_path):
          "lr must be a finite number"),
         (["evaluate", "--checkpoint", "x", "--targets", "0", "--scales", "-1", "--out", str(tmp_path / "e.csv")],
          "scales must be > 0"),
+        (["evaluate", "--checkpoint", "x", "--targets", "0", "2", "--plugin-targets", "shared:2",
+          "--out", str(tmp_path / "e.csv")], "write LABEL=R[,R...]"),
         (["flops", "--model", BACKBONE, "--r", "9"], "carries (0..4"),
         (["transfer", "--model-b", "x", "--high-a", "y", "--low-a", "z", "--target-r", "3", "--batch-size", "0",
           "--out", str(tmp_path / "t.csv")], "batch_size must be > 0"),

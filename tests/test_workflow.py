@@ -206,6 +206,30 @@ def test_one_source0_finetune_serves_every_method(name, finetunes):
     assert {c.method for c in grid.searches.values()} <= {UNCOMPRESSED}
 
 
+def test_cpu_ablation_plugins_are_evaluated_on_every_task_at_the_ablation_pairs_only():
+    """The CPU default evaluates Tables 5-7's plugins on every task's models (claims 6-7 over 6 tasks x seeds) but
+    only at the report's ablation degree pairs: a plugin's targets are those of the sets that name it, not every
+    target the model is evaluated at (4 -> 2 is evaluated plain and with ToCom, never with an ablation plugin)."""
+    from tocom.experiments import Grid
+
+    config = yaml.safe_load((REPO / "config/cpu.yaml").read_text())
+    grid = Grid(config, check_files=False, check_geometry=False)
+    ablations = {v for kind in config["report"]["variants"].values() for v in kind}
+    wanted = {tuple(p) for p in config["report"]["degrees"]["ablation"]}
+    pairs, tasks = set(), set()
+    for ev in grid.evals.values():
+        source = ev.finetune.source
+        assert ev.plugin_targets.get("tocom") == ev.targets
+        for v, targets in ev.plugin_targets.items():
+            assert targets <= ev.targets
+            if v in ablations:
+                pairs |= {(source, t) for t in targets}
+                tasks.add((ev.finetune.dataset, ev.finetune.seed))
+                assert set(ev.plugin_targets) >= ablations and ev.method == "tome"
+    assert pairs == wanted and len(tasks) == 6 * len(grid.seeds)
+    assert any(ev.finetune.source == 4 and 2 in ev.targets for ev in grid.evals.values())
+
+
 def test_a_search_above_r0_keeps_the_r0_finetune_per_method():
     """A recipe searched at a source r > 0 chooses its settings per method, so its r = 0 fine-tune is the method's own."""
     from tocom.experiments import Grid

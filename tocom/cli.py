@@ -242,6 +242,20 @@ def _read_plugins(specs: list[str]) -> dict:
     return plugins
 
 
+def _plugin_targets(specs: list[str]) -> dict[str, list[int]]:
+    """LABEL=R[,R...] specs -> {label: [r, ...]}."""
+    out = {}
+    for spec in specs:
+        label, sep, rs = spec.partition("=")
+        try:
+            out[label] = [int(r) for r in rs.split(",")]
+        except ValueError:
+            sep = ""
+        if not sep or not label:
+            raise TocomError(f"--plugin-targets {spec!r}: write LABEL=R[,R...], e.g. shared=2,4")
+    return out
+
+
 def _configure_evaluate(p):
     p.add_argument("--checkpoint", required=True, help="fine-tuned model (.safetensors from `tocom finetune`)")
     p.add_argument("--select-checkpoint", default=None,
@@ -253,6 +267,8 @@ def _configure_evaluate(p):
     p.add_argument("--plugin", nargs="+", default=[], metavar="[LABEL=]PATH",
                    help="ToCom plugins (.safetensors), optionally labelled (e.g. shared=plugins/shared.safetensors); "
                         "the label fills the `variant` column (default: the plugin's variant)")
+    p.add_argument("--plugin-targets", nargs="+", default=[], metavar="LABEL=R[,R...]",
+                   help="evaluate a plugin at only these of --targets (e.g. shared=2,4; default: every target)")
     EvalSettings.add_arguments(p)
     RunSettings.add_arguments(p)
     p.add_argument("--out", required=True, help="tidy CSV to write")
@@ -264,6 +280,7 @@ def _evaluate(args):
     from .models import load_model
 
     s, run, method = EvalSettings.from_args(args), RunSettings.from_args(args), EvalMethodSettings.from_args(args).method
+    plugin_targets = _plugin_targets(args.plugin_targets)
     model, meta = load_model(args.checkpoint)
     args.dataset = args.dataset or meta.get("dataset")
     _check_degree(model, "target r", args.targets)
@@ -275,7 +292,7 @@ def _evaluate(args):
     splits = {name: _dataset(args, model, name, s.limit, run.seed) for name in s.splits
               if not (selector and name == s.select_split)}
     cross_evaluate(model, {**meta, "dataset": args.dataset}, splits, args.targets, plugins, s, run,
-                   selector=selector, out=args.out, method=method)
+                   selector=selector, out=args.out, method=method, plugin_targets=plugin_targets)
 
 
 _evaluate.configure = _configure_evaluate

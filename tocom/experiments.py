@@ -183,17 +183,22 @@ class SearchRun(_Laid):
 @dataclass
 class EvalRun(_Laid):
     """One fine-tuned model evaluated under `method` (the fine-tune's own, or any method for a model
-    fine-tuned at source r = 0)."""
+    fine-tuned at source r = 0): plain at every target, each plugin at the targets of the study sets that name
+    it for this model (`plugin_targets`), so a plugin is never evaluated at a degree pair no set asks for."""
     finetune: FinetuneRun
     method: str
     targets: set[int] = field(default_factory=set)
-    variants: set[str] = field(default_factory=set)
+    plugin_targets: dict[str, set[int]] = field(default_factory=dict)    # variant -> its targets
     selector: FinetuneRun | None = None
     template = layout.EVAL
 
     @property
     def fields(self) -> dict:
         return {**self.finetune.fields, "method": self.method}
+
+    @property
+    def variants(self) -> set[str]:
+        return set(self.plugin_targets)
 
 
 @dataclass(frozen=True)
@@ -355,7 +360,8 @@ class Grid:
                             ev = EvalRun(run, method)
                             ev = self.evals.setdefault(ev.path, ev)
                             ev.targets.update(int(t) for t in block["targets"])
-                            ev.variants.update(variants)
+                            for v in variants:
+                                ev.plugin_targets.setdefault(v, set()).update(int(t) for t in block["targets"])
                             ev.selector = self._selector(run)
 
     def _check_degrees(self, backbone: str, rs, where: str) -> None:
