@@ -459,6 +459,17 @@ def test_smoke_pipeline_local_profile_and_rerun_does_nothing(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     page = html.read_text()
     assert all(s in page for s in ("Claims at this scale", "Table 5", "fig5_inference.png")), "report.html misses items"
+    # the results page's block made from this run, then the run compared with it as a user would (compare_run.py)
+    results, block = tmp_path / "results/smoke", tmp_path / "results.md"
+    block.write_text("<!-- cpu-results -->\n<!-- /cpu-results -->\n")
+    scripts = REPO / "workflow" / "scripts"
+    for script, args in (("readme_results.py", ["--wall", "1 min", "--readme", str(block)]),
+                         ("compare_run.py", ["--page", str(block)])):
+        res = subprocess.run([sys.executable, str(scripts / script), str(results), "--config", "config/smoke.yaml",
+                              *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, (script, res.stdout[-2000:], res.stderr[-2000:])
+    assert "**Identical artefacts at every stage.**" in res.stdout and "Config: the same" in res.stdout
+    assert re.search(r"Verdicts: \*\*(\d+) of \1 agree\*\*", res.stdout), res.stdout
     again = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--directory", str(tmp_path))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
