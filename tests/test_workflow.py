@@ -230,6 +230,31 @@ def test_cpu_ablation_plugins_are_evaluated_on_every_task_at_the_ablation_pairs_
     assert any(ev.finetune.source == 4 and 2 in ev.targets for ev in grid.evals.values())
 
 
+def test_plugins_with_the_same_teacher_share_its_outputs_computed_once():
+    """distill.teacher once: the plugins of a backbone and method whose teachers see the same images at the same
+    degrees read one teacher-outputs file; the cls loss (no teacher), a plugin alone in its method and plugins
+    that keep teacher live read none; a dataset read with augmentations refuses teacher once before any job."""
+    from tocom.experiments import Grid
+    from tocom.errors import TocomError
+
+    config = smoke_config()
+    grid = Grid(config, check_files=False, check_geometry=False)
+    assert list(grid.teachers) == ["teachers/tiny/tome.safetensors"]
+    assert grid.teachers["teachers/tiny/tome.safetensors"] == ("tiny", "tome", "tocom")
+    sharing = {v for b, m, v in grid.plugins if grid.teacher_file(b, m, v)}
+    assert sharing == {"tocom", "shared", "no_inversion", "h1", "h4", "h8", "s1", "s0.01"}      # not cls
+    assert not any(grid.teacher_file(b, m, v) for b, m, v in grid.plugins if (b, m) != ("tiny", "tome"))
+    other = smoke_config()
+    other["variants"]["h4"] = {"rank": 4, "limit": 64}              # other images: its own teacher, as it goes
+    assert Grid(other, check_files=False, check_geometry=False).teacher_file("tiny", "tome", "h4") is None
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    assert not Grid(paper, check_files=False, check_geometry=False).teachers     # the paper mixes its images
+    augmented = smoke_config()
+    augmented["distill"]["dataset"] = "imagenet"
+    with pytest.raises(TocomError, match="teacher once needs images read without augmentation, but imagenet"):
+        Grid(augmented, check_files=True, check_geometry=False)
+
+
 def test_a_search_above_r0_keeps_the_r0_finetune_per_method():
     """A recipe searched at a source r > 0 chooses its settings per method, so its r = 0 fine-tune is the method's own."""
     from tocom.experiments import Grid

@@ -131,21 +131,22 @@ def _pretrain(args):
 _pretrain.configure = _configure_pretrain
 
 
-def _configure_distill(p):
+def _configure_distill(p, out_help="plugin to write (.safetensors)"):
     _model_args(p)
     _data_args(p)
     DistillSettings.add_arguments(p)
     RunSettings.add_arguments(p)
-    p.add_argument("--out", required=True, help="plugin to write (.safetensors)")
+    if out_help.startswith("plugin"):
+        p.add_argument("--teacher-outputs", default=None, metavar="PATH",
+                       help="with --teacher once: the plain model's outputs on these images, computed for several "
+                            "plugins by `tocom teacher-outputs` with the same settings")
+    p.add_argument("--out", required=True, help=out_help)
 
 
-@command("distill", "train a ToCom plugin by self-distillation on the pre-training data")
-def _distill(args):
-    from .engine.distill import distill
-    from .models import resolve_model
-
+def _distill_model(args):
+    """The backbone and images of a distillation, checked: (settings, run settings, model, meta, dataset)."""
     from .compress import patch
-    from .models import at_resolution
+    from .models import at_resolution, resolve_model
 
     s, run = DistillSettings.from_args(args), RunSettings.from_args(args)
     model, meta = resolve_model(args.backbone, args.checkpoint, args.pretrained)
@@ -153,12 +154,38 @@ def _distill(args):
         model = at_resolution(model, meta["backbone"], s.img_size, **(meta.get("model_kwargs") or {}))
     patch(model, s.method)            # tome_ffn carries more degrees than the classification ladder
     _check_degree(model, "r_max", [s.r_max])
-    data = _dataset(args, model, s.split, s.limit, run.seed)
-    distill(model, data, args.out, s, run,
-            record={"backbone": meta["backbone"], "dataset": args.dataset, "checkpoint": args.checkpoint})
+    return s, run, model, meta, _dataset(args, model, s.split, s.limit, run.seed)
+
+
+@command("distill", "train a ToCom plugin by self-distillation on the pre-training data")
+def _distill(args):
+    from .engine.distill import distill, read_teacher_outputs
+
+    s, run, model, meta, data = _distill_model(args)
+    record = {"backbone": meta["backbone"], "dataset": args.dataset, "checkpoint": args.checkpoint}
+    teacher = None
+    if args.teacher_outputs:
+        if s.teacher != "once" or s.loss == "cls":
+            raise TocomError("--teacher-outputs is read with --teacher once and a loss with a teacher (kd, features)")
+        teacher = read_teacher_outputs(args.teacher_outputs, data, s, run.seed, {"checkpoint": args.checkpoint})
+        record["teacher_outputs"] = args.teacher_outputs
+    distill(model, data, args.out, s, run, record=record, teacher=teacher)
 
 
 _distill.configure = _configure_distill
+
+
+@command("teacher-outputs", "the plain model's outputs at every degree on the distillation images, computed once "
+                            "for the plugins that share them")
+def _teacher_outputs(args):
+    from .engine.distill import teacher_outputs
+
+    s, run, model, meta, data = _distill_model(args)
+    teacher_outputs(model, data, args.out, s, run,
+                    record={"backbone": meta["backbone"], "checkpoint": args.checkpoint})
+
+
+_teacher_outputs.configure = lambda p: _configure_distill(p, "teacher outputs to write (.safetensors)")
 
 
 def _configure_finetune(p):

@@ -248,12 +248,15 @@ class Grid:
         self.transfers: list[TransferRun] = []
         self.benches: list[BenchRun] = []
         self.segments: dict[str, SegmentRun] = {}
+        self.teachers: dict[str, tuple[str, str, str]] = {}     # teacher-outputs file -> (backbone, method, variant)
+        self._teacher_of: dict[tuple[str, str, str], str] = {}
         self._check_backbones(check_files)
         self._expand_studies()
         self._expand_transfer()
         self._expand_bench()
         self._expand_segmentation()
         self._check_plugins()
+        self._share_teachers()
         if check_files:
             self._check_data()
 
@@ -479,6 +482,29 @@ class Grid:
         for run in self.finetunes.values():     # every dataset-level override must be a valid setting
             self.finetune_settings(run)
 
+    def _share_teachers(self) -> None:
+        """Teacher outputs computed once (DistillSettings.teacher = "once") for several plugins: the plugins of a
+        backbone and method whose teachers see the same images at the same degrees share one file
+        (layout.TEACHER, made by its own job) when two or more do; one alone keeps its own as it goes (a file
+        of every image at every degree would cost it more than it saves)."""
+        groups: dict[tuple[str, str], dict[tuple, list[str]]] = {}
+        for backbone, method, variant in sorted(self.plugins):
+            dataset, s = self.distill_settings(backbone, variant)
+            if s.teacher != "once" or s.loss == "cls":      # the cls loss has no teacher
+                continue
+            key = (dataset, s.loss == "features", *(getattr(s, k) for k in DistillSettings.TEACHER_KEYS if k != "method"))
+            groups.setdefault((backbone, method), {}).setdefault(key, []).append(variant)
+        for (backbone, method), by_key in groups.items():
+            variants = max(by_key.values(), key=len)
+            if len(variants) > 1:
+                path = layout.path(layout.TEACHER, backbone=backbone, method=method)
+                self.teachers[path] = (backbone, method, min(variants, key=lambda v: (v != "tocom", v)))
+                self._teacher_of.update({(backbone, method, v): path for v in variants})
+
+    def teacher_file(self, backbone: str, method: str, variant: str) -> str | None:
+        """The teacher-outputs file a plugin reads (`_share_teachers`), or None."""
+        return self._teacher_of.get((backbone, method, variant))
+
     def data_root(self, dataset: str) -> str | None:
         """The root passed to `tocom --data-root` (None: the dataset's documented default).
 
@@ -526,7 +552,14 @@ class Grid:
         from .data import get_spec
         from .data.registry import resolve_root
 
+        from .data.transforms import augments
+
         self.task_settings()
+        for backbone, method, variant in sorted(self.plugins):
+            dataset, s = self.distill_settings(backbone, variant)
+            if s.teacher == "once" and augments(get_spec(dataset).default_transform, True):
+                raise TocomError(f"distill ({backbone}, {variant}): teacher once needs images read without "
+                                 f"augmentation, but {dataset} is read with DeiT's; use teacher live")
         generated = set(self.generated_datasets())
         for name in sorted(self.datasets()):
             spec = get_spec(name)              # unknown names fail here, generated or not

@@ -35,7 +35,7 @@ VERDICT_ITEM = "claims_at_scale"        # the report item holding the verdicts (
 #: stage -> {artefact: the layout templates of its files}, in pipeline order.
 STAGES = {
     "pre-training": {"backbones": [layout.BACKBONE]},
-    "distillation": {"plugins": [layout.PLUGIN]},
+    "distillation": {"teacher outputs": [layout.TEACHER], "plugins": [layout.PLUGIN]},
     "fine-tune": {"fine-tuned models": [layout.FINETUNE, layout.SELECT, layout.SEARCH, layout.SEGMENT]},
     "evaluation": {f"{t}.csv": [layout.TABLE.format(table=t)] for t in ("eval", "transfer", "segment")},
 }

@@ -42,7 +42,7 @@ NAMES = dict(zip(METHODS, ("ToMe (merge)", "EViT (prune)", "IdleViT (idle)"), st
 STAGES = {"pretrain": "pretrain backbone", "distill": "distil plugins", "finetune": "fine-tune",   # benchmark
           "evaluate": "cross-evaluate", "transfer": "transfer check", "bench": "bench",           # folders
           "segment": "segmentation fine-tune", "segment_eval": "segmentation eval"}
-LOG_RULES = {"pretrain": ["pretrain_backbone"], "distill": ["distill"],             # the rules behind each
+LOG_RULES = {"pretrain": ["pretrain_backbone"], "distill": ["distill", "teacher_outputs"],             # the rules behind each
              "finetune": ["finetune", "finetune_select", "search_candidate"],      # benchmark folder
              "evaluate": ["evaluate"], "transfer": ["transfer"], "bench": ["bench"],
              "segment": ["segment_finetune"], "segment_eval": ["segment_evaluate"]}
