@@ -956,6 +956,25 @@ def test_claims_at_scale_insensitivity_needs_an_interval_within_one_point():
     assert tight.verdict == "holds"
 
 
+def test_verdict_stability_simulates_a_runs_claims_with_the_reports_rules(tmp_path):
+    """workflow/scripts/verdict_stability.py reads a finished run's claims (each claim's and each insensitivity
+    variant's mean, interval and pairs), its fast test is the report's test, and a sure effect never flips."""
+    sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+    vs = importlib.import_module("verdict_stability")
+    ctx = planted(tmp_path, gains={"tocom": 3.0})
+    run("claims_at_scale", ctx)
+    effects = vs.from_claims_csv(ctx.out("claims_at_scale", ".csv"))
+    keys = {e.key: e for e in effects}
+    assert keys["2 ToCom 0 → 16"].n == 18 and keys["2 ToCom 0 → 16"].mean == pytest.approx(3.0, abs=0.3)
+    assert {e.key for e in effects if e.group == "7a"} == {"h = 1", "h = 4", "h = 8"}
+    d = np.random.default_rng(0).normal(0.2, 1.0, 18)
+    fast, slow = vs.quick_test(d), pair_test(pd.Series(d))
+    assert fast["p_wilcoxon"] == pytest.approx(slow["p_wilcoxon"]) and fast["ci"] == pytest.approx(slow["ci"])
+    flips = vs.simulate([keys["2 ToCom 0 → 16"], keys["4 larger gap"]], sims=30, tau=0.0)
+    now = flips[flips.design == "Holm, 6-7 on 6 tasks (now)"].set_index("claim")
+    assert now.loc["2 ToCom 0 → 16", "flip"] == 0 and now.loc["2 ToCom 0 → 16", "modal"] == "holds (100%)"
+
+
 # ---- Snakemake's own report -----------------------------------------------------------------------------
 FLAGS = """
 import json
