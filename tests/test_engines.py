@@ -98,6 +98,77 @@ def test_distillation_closes_the_gap_between_degrees(tmp_path):
         assert with_plugin < factor * without, (split, with_plugin, without)
 
 
+@pytest.mark.slow
+def test_teacher_computed_once_gives_the_same_losses_and_plugin(tmp_path):
+    """On unaugmented images the teacher (the plain model in eval mode) depends only on the image and the degree:
+    computed once per (image, degree), in the job or by `teacher_outputs` for several plugins, a step's loss and
+    the distilled plugin are those of running it every step (the same degrees, dropouts and stochastic depth are
+    drawn), and the job computes no (image, degree) twice; a file made for other settings or images, mixed images
+    and an augmenting transform are refused."""
+    from tocom.engine.distill import Indexed, SelfDistillation, TeacherOutputs, read_teacher_outputs, teacher_outputs
+
+    torch.manual_seed(0)
+    model = create_backbone(BACKBONE, num_classes=10, **TINY)
+    with torch.no_grad():
+        model.head.weight.mul_(40)
+    train = data("synth/pretrain", "train", 64)
+    live = DistillSettings(r_max=4, epochs=1, batch_size=16, lr=2e-3, scale_lr=False, split="train", mixup=0.0,
+                           cutmix=0.0)                       # stochastic depth and LoRA dropout stay on
+    once = live.replace(teacher="once")
+    path = tmp_path / "teacher.safetensors"
+    outputs = teacher_outputs(model, train, path, once, QUIET)
+    assert outputs.shape == (64, 5, 10)
+    shared = read_teacher_outputs(path, train, once, QUIET.seed)
+    assert torch.equal(shared, outputs)
+
+    plugin = ToCom.for_model(model, r_max=4)
+    with torch.no_grad():
+        for b in plugin.B.values():
+            b.normal_(0, 0.05)
+    images = torch.stack([train[i][0] for i in range(8)])
+    losses = []
+    for s, teacher, second in ((live, None, torch.tensor(train.targets[:8])),
+                               (once, TeacherOutputs(64, 5, shared), torch.arange(8)),
+                               (once, TeacherOutputs(64, 5), torch.arange(8))):
+        torch.manual_seed(3)
+        losses.append(SelfDistillation(model, plugin, s, 10, teacher).train()(images, second))
+    assert losses[0].item() > 0
+    assert all(torch.allclose(losses[0], x, rtol=1e-5, atol=1e-7) for x in losses[1:]), losses
+
+    plugins = [distill(model, train, tmp_path / "live.safetensors", live, QUIET),
+               distill(model, train, tmp_path / "shared.safetensors", once, QUIET, teacher=shared),
+               distill(model, train, tmp_path / "kept.safetensors", once, QUIET)]
+    for k in ("A", "B"):
+        for proj in plugins[0].A:
+            ref = getattr(plugins[0], k)[proj]
+            assert all(torch.allclose(ref, getattr(p, k)[proj], rtol=1e-4, atol=1e-6) for p in plugins[1:]), (k, proj)
+    assert not torch.equal(plugins[0].B["q"], torch.zeros_like(plugins[0].B["q"]))
+
+    kept = TeacherOutputs(64, 5)                # three steps on the same 16 images: 3 degrees drawn of 5
+    torch.manual_seed(0)
+    sd = SelfDistillation(model, plugin, once, 10, kept).train()
+    batches = [(torch.stack([train[i][0] for i in idx]), torch.tensor(idx)) for idx in ([*range(16)],) * 3]
+    for x, idx in batches:
+        sd(x, idx)
+    assert 16 <= kept.computed <= 3 * 16 and kept.computed == int(kept.known.sum())   # a repeat costs nothing
+    assert Indexed(train)[5][1] == 5
+
+    with pytest.raises(tocom.TocomError, match=r"r_max 4 \(this plugin: 2\)"):
+        read_teacher_outputs(path, train, once.replace(r_max=2), QUIET.seed)
+    with pytest.raises(tocom.TocomError, match="other images"):
+        read_teacher_outputs(path, data("synth/pretrain", "train", 64, seed=1), once, QUIET.seed)
+    with pytest.raises(tocom.TocomError, match="teacher once needs unmixed images"):
+        once.replace(mixup=0.8)
+    with pytest.raises(tocom.TocomError, match="set mixup and cutmix to 0"):
+        SelfDistillation(model, plugin, live.replace(mixup=0.8), 10, TeacherOutputs(64, 5))
+    augmented = build_dataset("synth/pretrain", split="train", img_size=56, limit=16, transform="deit")
+    with pytest.raises(tocom.TocomError, match="random augmentations"):
+        teacher_outputs(model, augmented, tmp_path / "no.safetensors", once, QUIET)
+    with pytest.raises(tocom.TocomError, match="random augmentations"):
+        distill(model, augmented, tmp_path / "no.safetensors", once, QUIET)
+    assert not (tmp_path / "no.safetensors").exists()
+
+
 def test_evaluation_table_is_tidy_and_picks_s_on_val(chain):
     root, _, df = chain
     assert list(df.columns) == ["dataset", "backbone", "method", "source_r", "target_r", "tocom", "variant", "s",
@@ -114,6 +185,26 @@ def test_evaluation_table_is_tidy_and_picks_s_on_val(chain):
         test = df[(df.tocom == 1) & (df.target_r == target) & (df.split == "test")]
         assert test.s.tolist() == [best.s] and test.selected.all()
     assert df[(df.tocom == 1) & (df.target_r == 0)].empty     # source == target needs no plugin
+
+
+def test_a_plugin_is_evaluated_at_its_own_targets_only(chain):
+    """plugin_targets restricts where a plugin is evaluated (the grid asks no more than its study sets need); the
+    rows it keeps are the ones a full evaluation gives, and a target outside --targets is refused."""
+    root, _, df = chain
+    ft, ft_meta = load_model(root / "ft_r0.safetensors")
+    plugin = ToCom.load(root / "plugin.safetensors")
+    splits = {"val": data("synth/count", "val", 64), "test": data("synth/count", "test", 64)}
+    s = EvalSettings(scales=(0.5, 1.0), grid_scale=1.0)
+    out = cross_evaluate(ft, ft_meta, splits, [0, 2, 4], {"tocom": plugin, "narrow": plugin}, s, QUIET,
+                         plugin_targets={"narrow": [4]})
+    assert sorted(out[out.variant == "narrow"].target_r.unique()) == [4]
+    assert sorted(out[out.variant == "tocom"].target_r.unique()) == [2, 4]
+    same = ["target_r", "s", "split", "top1", "selected"]
+    narrow = out[out.variant == "narrow"][same].reset_index(drop=True)
+    full = df[(df.variant == "tocom") & (df.target_r == 4)][same].reset_index(drop=True)
+    pd.testing.assert_frame_equal(narrow, full)
+    with pytest.raises(tocom.TocomError, match="plugin targets narrow=3"):
+        cross_evaluate(ft, ft_meta, splits, [0, 2, 4], {"narrow": plugin}, s, QUIET, plugin_targets={"narrow": [3]})
 
 
 def test_fine_tuned_checkpoint_records_its_recipe(chain):
@@ -198,6 +289,8 @@ def test_cli_errors_are_one_line(tmp_path):
          "lr must be a finite number"),
         (["evaluate", "--checkpoint", "x", "--targets", "0", "--scales", "-1", "--out", str(tmp_path / "e.csv")],
          "scales must be > 0"),
+        (["evaluate", "--checkpoint", "x", "--targets", "0", "2", "--plugin-targets", "shared:2",
+          "--out", str(tmp_path / "e.csv")], "write LABEL=R[,R...]"),
         (["flops", "--model", BACKBONE, "--r", "9"], "carries (0..4"),
         (["transfer", "--model-b", "x", "--high-a", "y", "--low-a", "z", "--target-r", "3", "--batch-size", "0",
           "--out", str(tmp_path / "t.csv")], "batch_size must be > 0"),

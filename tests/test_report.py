@@ -830,11 +830,12 @@ def test_claims_at_scale_a_planted_large_gain_holds(tmp_path):
     assert verdict(df, "1 ", "plain 16 → 0").verdict == "holds"
     for ablation in ("Shared LoRA", "CLS loss", "No inversion"):       # ToCom 3.0 vs 2.0 each
         assert verdict(df, f"6 The full ToCom beats its ablation: {ablation}").verdict == "holds"
-    t = verdict(df, "5 ")                                               # 2 datasets × 3 seeds, all Δ > 0
-    assert t.verdict == "holds" and t.n_pairs == 6 and t.p_wilcoxon == pytest.approx(2 / 2 ** 6)
+    t = verdict(df, "5 ")            # 2 datasets × 3 seeds, all Δ > 0: p = 2 / 2^6 would hold alone, not in the family
+    assert t.n_pairs == 6 and t.p_wilcoxon == pytest.approx(2 / 2 ** 6) and t.p_holm >= 0.05
+    assert t.verdict == "not significant" and "before Holm's adjustment" in t.reason
     assert verdict(df, "4 ").row.endswith("0 → 8")                     # the middle target: closest to 16 / 2
     md = (ctx.out("claims_at_scale", ".md")).read_text()
-    assert "**holds**: the mean difference is in the paper's direction and the Wilcoxon p < 0.05" in md
+    assert "**holds**: the mean difference is in the paper's direction and the Holm p < 0.05" in md
     assert (ctx.out("claims_at_scale", ".tex")).read_text().startswith(r"\begin{table}")
 
 
@@ -900,9 +901,11 @@ def test_claims_at_scale_insensitivity_rule_edges():
     def diffs(*values):
         return pd.Series(np.tile(values, 6), index=index)
 
-    def rule(**variants):
+    def rule(**variants):                             # the claim judged in a family of its own variants' tests
         tests = {k: pair_test(v) for k, v in variants.items()}
-        return cas.insensitive(cas.Claim("7", "x", "≈ 0"), tests, "absent", None)
+        claim = cas.insensitive(cas.Claim("7", "x", "≈ 0"), tests, "absent", None)
+        cas.judge_all([claim])
+        return claim
 
     small = diffs(0.2, -0.1, 0.05)                    # mean +0.05, p ≈ 0.2
     assert rule(a=small).verdict == "holds"
@@ -985,6 +988,89 @@ def test_text_claims_that_the_results_contradict_do_not_hold(tmp_path):
     ctx.report.pop("evit")                                       # no EViT role: said, not invented
     ctx._cache.clear()
     assert verdict(text_verdicts(ctx), "(i)").verdict == "not in this run"
+
+
+def test_holm_adjusts_step_down_and_leaves_nan_out():
+    from common.stats import holm
+
+    # sorted 0.01, 0.03, 0.04 of m = 3: 3 × 0.01, max(0.03, 2 × 0.03), max(0.06, 1 × 0.04); nan is no test
+    assert holm([0.01, 0.04, 0.03, math.nan])[:3] == pytest.approx([0.03, 0.06, 0.06])
+    assert math.isnan(holm([0.01, 0.04, 0.03, math.nan])[3])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and holm([]) == []
+
+
+def _claims(cas, *diff_sets, expected="> 0"):
+    index = pd.MultiIndex.from_product([[f"t{i}" for i in range(6)], [0, 1, 2]], names=["dataset", "seed"])
+    return [cas.directional(cas.Claim(f"c{i}", "x", expected, key=f"c{i}"), pd.Series(d, index=index), "absent")
+            for i, d in enumerate(diff_sets)]
+
+
+def test_claims_at_scale_holm_turns_a_lone_p_of_001_into_not_significant_among_15_tests():
+    """The correction changes the verdict it should: an effect with raw Wilcoxon p ≈ 0.01 holds when it is the
+    only test, but not in a table of 15 tests (Holm: p × 15 > 0.05), while a strong effect holds in both."""
+    cas = importlib.import_module("claims_at_scale")
+    rng = np.random.default_rng(0)
+    moderate = np.array([-1.0] * 7 + [1.0] * 11) * np.linspace(1.0, 2.0, 18)     # the 7 smallest negative
+    moderate_p = pair_test(pd.Series(moderate))["p_wilcoxon"]
+    assert 0.005 < moderate_p < 0.02
+    alone = _claims(cas, moderate)
+    assert cas.judge_all(alone) == 1 and alone[0].verdict == "holds"
+    nulls = [rng.normal(0, 1, 18) for _ in range(13)]
+    table = _claims(cas, moderate, np.linspace(1.0, 2.0, 18), *nulls)
+    assert cas.judge_all(table) == 15
+    assert table[0].verdict == "not significant" and table[0].test["p_wilcoxon"] == pytest.approx(moderate_p)
+    assert table[0].test["p_holm"] >= 0.05 and "before Holm's adjustment" in table[0].reason
+    assert table[1].verdict == "holds" and table[1].test["p_holm"] < 0.05 / 14     # 18 of 18 positive
+
+
+def test_claims_at_scale_null_table_gives_a_chance_verdict_in_at_most_alpha_of_runs():
+    """What the rules promise: with 15 truly null effects (18 pairs each), some claim gets "holds" or "does not
+    hold" by chance in about 1 − 0.95^15 ≈ 54 % of runs uncorrected, and in at most 5 % with Holm."""
+    cas = importlib.import_module("claims_at_scale")
+    rng = np.random.default_rng(1)
+    runs, chance = 80, 0
+    uncorrected = 0
+    for _ in range(runs):
+        table = _claims(cas, *rng.normal(0, 1, (15, 18)))
+        cas.judge_all(table)
+        chance += any(c.verdict != "not significant" for c in table)
+        uncorrected += any(c.test["p_wilcoxon"] < 0.05 for c in table)
+    assert chance / runs <= 0.1 and uncorrected / runs > 0.35
+
+
+def test_claims_at_scale_insensitivity_needs_an_interval_within_one_point():
+    """"Insensitive" holds only when the run could have seen a 1-point difference: a variant whose mean is small
+    and not significant but whose 95 % interval reaches past 1 point is `not significant`, not `holds`."""
+    cas = importlib.import_module("claims_at_scale")
+    index = pd.MultiIndex.from_product([[f"t{i}" for i in range(3)], [0, 1]], names=["dataset", "seed"])
+    loose = pd.Series([1.8, -0.9, 1.2, -1.0, 0.9, 0.4], index=index)         # mean 0.4, interval ± 1.1
+    t = pair_test(loose)
+    assert abs(t["mean"]) < 1 and t["p_wilcoxon"] >= 0.05 and abs(t["mean"]) + t["ci"] > 1
+    claim = cas.insensitive(cas.Claim("7", "x", "≈ 0"), {"a": t}, "absent", None)
+    cas.judge_all([claim])
+    assert claim.verdict == "not significant" and "95 % interval of a reaches" in claim.reason
+    tight = cas.insensitive(cas.Claim("7", "x", "≈ 0"), {"a": pair_test(loose / 4)}, "absent", None)
+    cas.judge_all([tight])
+    assert tight.verdict == "holds"
+
+
+def test_verdict_stability_simulates_a_runs_claims_with_the_reports_rules(tmp_path):
+    """workflow/scripts/verdict_stability.py reads a finished run's claims (each claim's and each insensitivity
+    variant's mean, interval and pairs), its fast test is the report's test, and a sure effect never flips."""
+    sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+    vs = importlib.import_module("verdict_stability")
+    ctx = planted(tmp_path, gains={"tocom": 3.0})
+    run("claims_at_scale", ctx)
+    effects = vs.from_claims_csv(ctx.out("claims_at_scale", ".csv"))
+    keys = {e.key: e for e in effects}
+    assert keys["2 ToCom 0 → 16"].n == 18 and keys["2 ToCom 0 → 16"].mean == pytest.approx(3.0, abs=0.3)
+    assert {e.key for e in effects if e.group == "7a"} == {"h = 1", "h = 4", "h = 8"}
+    d = np.random.default_rng(0).normal(0.2, 1.0, 18)
+    fast, slow = vs.quick_test(d), pair_test(pd.Series(d))
+    assert fast["p_wilcoxon"] == pytest.approx(slow["p_wilcoxon"]) and fast["ci"] == pytest.approx(slow["ci"])
+    flips = vs.simulate([keys["2 ToCom 0 → 16"], keys["4 larger gap"]], sims=30, tau=0.0)
+    now = flips[flips.design == "Holm, 6-7 on 6 tasks (now)"].set_index("claim")
+    assert now.loc["2 ToCom 0 → 16", "flip"] == 0 and now.loc["2 ToCom 0 → 16", "modal"] == "holds (100%)"
 
 
 # ---- Snakemake's own report -----------------------------------------------------------------------------

@@ -222,6 +222,55 @@ def test_one_source0_finetune_serves_every_method(name, finetunes):
     assert {c.method for c in grid.searches.values()} <= {UNCOMPRESSED}
 
 
+def test_cpu_ablation_plugins_are_evaluated_on_every_task_at_the_ablation_pairs_only():
+    """The CPU default evaluates Tables 5-7's plugins on every task's models (claims 6-7 over 6 tasks x seeds) but
+    only at the report's ablation degree pairs: a plugin's targets are those of the sets that name it, not every
+    target the model is evaluated at (4 -> 2 is evaluated plain and with ToCom, never with an ablation plugin)."""
+    from tocom.experiments import Grid
+
+    config = yaml.safe_load((REPO / "config/cpu.yaml").read_text())
+    grid = Grid(config, check_files=False, check_geometry=False)
+    ablations = {v for kind in config["report"]["variants"].values() for v in kind}
+    wanted = {tuple(p) for p in config["report"]["degrees"]["ablation"]}
+    pairs, tasks = set(), set()
+    for ev in grid.evals.values():
+        source = ev.finetune.source
+        assert ev.plugin_targets.get("tocom") == ev.targets
+        for v, targets in ev.plugin_targets.items():
+            assert targets <= ev.targets
+            if v in ablations:
+                pairs |= {(source, t) for t in targets}
+                tasks.add((ev.finetune.dataset, ev.finetune.seed))
+                assert set(ev.plugin_targets) >= ablations and ev.method == "tome"
+    assert pairs == wanted and len(tasks) == 6 * len(grid.seeds)
+    assert any(ev.finetune.source == 4 and 2 in ev.targets for ev in grid.evals.values())
+
+
+def test_plugins_with_the_same_teacher_share_its_outputs_computed_once():
+    """distill.teacher once: the plugins of a backbone and method whose teachers see the same images at the same
+    degrees read one teacher-outputs file; the cls loss (no teacher), a plugin alone in its method and plugins
+    that keep teacher live read none; a dataset read with augmentations refuses teacher once before any job."""
+    from tocom.experiments import Grid
+    from tocom.errors import TocomError
+
+    config = smoke_config()
+    grid = Grid(config, check_files=False, check_geometry=False)
+    assert list(grid.teachers) == ["teachers/tiny/tome.safetensors"]
+    assert grid.teachers["teachers/tiny/tome.safetensors"] == ("tiny", "tome", "tocom")
+    sharing = {v for b, m, v in grid.plugins if grid.teacher_file(b, m, v)}
+    assert sharing == {"tocom", "shared", "no_inversion", "h1", "h4", "h8", "s1", "s0.01"}      # not cls
+    assert not any(grid.teacher_file(b, m, v) for b, m, v in grid.plugins if (b, m) != ("tiny", "tome"))
+    other = smoke_config()
+    other["variants"]["h4"] = {"rank": 4, "limit": 64}              # other images: its own teacher, as it goes
+    assert Grid(other, check_files=False, check_geometry=False).teacher_file("tiny", "tome", "h4") is None
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    assert not Grid(paper, check_files=False, check_geometry=False).teachers     # the paper mixes its images
+    augmented = smoke_config()
+    augmented["distill"]["dataset"] = "imagenet"
+    with pytest.raises(TocomError, match="teacher once needs images read without augmentation, but imagenet"):
+        Grid(augmented, check_files=True, check_geometry=False)
+
+
 def test_a_search_above_r0_keeps_the_r0_finetune_per_method():
     """A recipe searched at a source r > 0 chooses its settings per method, so its r = 0 fine-tune is the method's own."""
     from tocom.experiments import Grid
@@ -457,6 +506,17 @@ def test_smoke_pipeline_local_profile_and_rerun_does_nothing(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     page = html.read_text()
     assert all(s in page for s in ("Claims at this scale", "Table 5", "fig5_inference.png")), "report.html misses items"
+    # the results page's block made from this run, then the run compared with it as a user would (compare_run.py)
+    results, block = tmp_path / "results/smoke", tmp_path / "results.md"
+    block.write_text("<!-- cpu-results -->\n<!-- /cpu-results -->\n")
+    scripts = REPO / "workflow" / "scripts"
+    for script, args in (("readme_results.py", ["--wall", "1 min", "--readme", str(block)]),
+                         ("compare_run.py", ["--page", str(block)])):
+        res = subprocess.run([sys.executable, str(scripts / script), str(results), "--config", "config/smoke.yaml",
+                              *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, (script, res.stdout[-2000:], res.stderr[-2000:])
+    assert "**Identical artefacts at every stage.**" in res.stdout and "Config: the same" in res.stdout
+    assert re.search(r"Verdicts: \*\*(\d+) of \1 agree\*\*", res.stdout), res.stdout
     again = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--directory", str(tmp_path))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 

@@ -192,23 +192,22 @@ def _pretrain(args):
 _pretrain.configure = _configure_pretrain
 
 
-def _configure_distill(p):
+def _configure_distill(p, out_help="plugin to write (.safetensors)"):
     _model_args(p)
     _data_args(p)
     DistillSettings.add_arguments(p)
     RunSettings.add_arguments(p)
-    p.add_argument("--out", required=True, help="plugin to write (.safetensors)")
+    if out_help.startswith("plugin"):
+        p.add_argument("--teacher-outputs", default=None, metavar="PATH",
+                       help="with --teacher once: the plain model's outputs on these images, computed for several "
+                            "plugins by `tocom teacher-outputs` with the same settings")
+    p.add_argument("--out", required=True, help=out_help)
 
 
-@command("distill", "train a ToCom plugin by self-distillation on the pre-training data",
-         reads=("checkpoint", "data_root"), writes=_trained)
-def _distill(args):
-    from .engine.distill import distill
-    from .lineage import start
-    from .models import resolve_model
-
+def _distill_model(args):
+    """The backbone and images of a distillation, checked: (settings, run settings, model, meta, dataset)."""
     from .compress import patch
-    from .models import at_resolution
+    from .models import at_resolution, resolve_model
 
     s, run = DistillSettings.from_args(args), RunSettings.from_args(args)
     model, meta = resolve_model(args.backbone, args.checkpoint, args.pretrained)
@@ -216,13 +215,41 @@ def _distill(args):
         model = at_resolution(model, meta["backbone"], s.img_size, **(meta.get("model_kwargs") or {}))
     patch(model, s.method)            # tome_ffn carries more degrees than the classification ladder
     _check_degree(model, "r_max", [s.r_max])
-    data = _dataset(args, model, s.split, s.limit, run.seed)
-    distill(model, data, args.out, s, run,
-            record={"backbone": meta["backbone"], "dataset": args.dataset, "checkpoint": args.checkpoint},
+    return s, run, model, meta, _dataset(args, model, s.split, s.limit, run.seed)
+
+
+@command("distill", "train a ToCom plugin by self-distillation on the pre-training data",
+         reads=("checkpoint", "data_root", "teacher_outputs"), writes=_trained)
+def _distill(args):
+    from .engine.distill import distill, read_teacher_outputs
+    from .lineage import start
+
+    s, run, model, meta, data = _distill_model(args)
+    record = {"backbone": meta["backbone"], "dataset": args.dataset, "checkpoint": args.checkpoint}
+    teacher = None
+    if args.teacher_outputs:
+        if s.teacher != "once" or s.loss == "cls":
+            raise TocomError("--teacher-outputs is read with --teacher once and a loss with a teacher (kd, features)")
+        teacher = read_teacher_outputs(args.teacher_outputs, data, s, run.seed, {"checkpoint": args.checkpoint})
+        record["teacher_outputs"] = args.teacher_outputs
+    distill(model, data, args.out, s, run, record=record, teacher=teacher,
             lineage=start(args.checkpoint, args.backbone or meta["backbone"], args.pretrained, run.seed))
 
 
 _distill.configure = _configure_distill
+
+
+@command("teacher-outputs", "the plain model's outputs at every degree on the distillation images, computed once "
+                            "for the plugins that share them", reads=("checkpoint", "data_root"))
+def _teacher_outputs(args):
+    from .engine.distill import teacher_outputs
+
+    s, run, model, meta, data = _distill_model(args)
+    teacher_outputs(model, data, args.out, s, run,
+                    record={"backbone": meta["backbone"], "checkpoint": args.checkpoint})
+
+
+_teacher_outputs.configure = lambda p: _configure_distill(p, "teacher outputs to write (.safetensors)")
 
 
 def _configure_finetune(p):
@@ -408,6 +435,20 @@ def _read_plugins(specs: list[str]) -> dict:
     return plugins
 
 
+def _plugin_targets(specs: list[str]) -> dict[str, list[int]]:
+    """LABEL=R[,R...] specs -> {label: [r, ...]}."""
+    out = {}
+    for spec in specs:
+        label, sep, rs = spec.partition("=")
+        try:
+            out[label] = [int(r) for r in rs.split(",")]
+        except ValueError:
+            sep = ""
+        if not sep or not label:
+            raise TocomError(f"--plugin-targets {spec!r}: write LABEL=R[,R...], e.g. shared=2,4")
+    return out
+
+
 def _configure_evaluate(p):
     p.add_argument("--checkpoint", required=True, help="fine-tuned model (.safetensors from `tocom finetune`)")
     p.add_argument("--select-checkpoint", default=None,
@@ -420,6 +461,8 @@ def _configure_evaluate(p):
     p.add_argument("--plugin", nargs="+", default=[], metavar="[LABEL=]PATH",
                    help="ToCom plugins (.safetensors), optionally labelled (e.g. shared=plugins/shared.safetensors); "
                         "the label fills the `variant` column (default: the plugin's variant)")
+    p.add_argument("--plugin-targets", nargs="+", default=[], metavar="LABEL=R[,R...]",
+                   help="evaluate a plugin at only these of --targets (e.g. shared=2,4; default: every target)")
     EvalSettings.add_arguments(p)
     RunSettings.add_arguments(p)
     _override_args(p)
@@ -434,6 +477,7 @@ def _evaluate(args):
     from .models import load_model
 
     s, run, method = EvalSettings.from_args(args), RunSettings.from_args(args), EvalMethodSettings.from_args(args).method
+    plugin_targets = _plugin_targets(args.plugin_targets)
     model, meta = load_model(args.checkpoint)
     run, allowed = _seed_of(args, run, meta, args.checkpoint), []
     _dataset_of(args, meta, args.checkpoint, allowed)
@@ -457,7 +501,7 @@ def _evaluate(args):
     splits = {name: _dataset(args, model, name, s.limit, run.seed) for name in s.splits
               if not (selector and name == s.select_split)}
     cross_evaluate(model, {**meta, "dataset": args.dataset}, splits, args.targets, plugins, s, run,
-                   selector=selector, out=args.out, method=method)
+                   selector=selector, out=args.out, method=method, plugin_targets=plugin_targets)
     _record(args, "evaluate", run, lineage, {**splits, **({s.select_split: selector[2]} if selector else {})}, allowed)
 
 

@@ -272,17 +272,22 @@ class SearchRun(_Laid):
 @dataclass
 class EvalRun(_Laid):
     """One fine-tuned model evaluated under `method` (the fine-tune's own, or any method for a model
-    fine-tuned at source r = 0)."""
+    fine-tuned at source r = 0): plain at every target, each plugin at the targets of the study sets that name
+    it for this model (`plugin_targets`), so a plugin is never evaluated at a degree pair no set asks for."""
     finetune: FinetuneRun
     method: str
     targets: set[int] = field(default_factory=set)
-    variants: set[str] = field(default_factory=set)
+    plugin_targets: dict[str, set[int]] = field(default_factory=dict)    # variant -> its targets
     selector: FinetuneRun | None = None
     template = layout.EVAL
 
     @property
     def fields(self) -> dict:
         return {**self.finetune.fields, "method": self.method}
+
+    @property
+    def variants(self) -> set[str]:
+        return set(self.plugin_targets)
 
 
 @dataclass(frozen=True)
@@ -333,6 +338,8 @@ class Grid:
         self.transfers: list[TransferRun] = []
         self.benches: list[BenchRun] = []
         self.segments: dict[str, SegmentRun] = {}
+        self.teachers: dict[str, tuple[str, str, str]] = {}     # teacher-outputs file -> (backbone, method, variant)
+        self._teacher_of: dict[tuple[str, str, str], str] = {}
         self._check_backbones(check_files)
         self._expand_studies()
         self._expand_transfer()
@@ -342,6 +349,7 @@ class Grid:
         self._check_resources()
         if check_geometry:
             self._check_gpu_fit()
+        self._share_teachers()
         if check_files:
             self._check_data()
 
@@ -468,7 +476,8 @@ class Grid:
                             ev = EvalRun(run, method)
                             ev = self.evals.setdefault(ev.path, ev)
                             ev.targets.update(int(t) for t in block["targets"])
-                            ev.variants.update(variants)
+                            for v in variants:
+                                ev.plugin_targets.setdefault(v, set()).update(int(t) for t in block["targets"])
                             ev.selector = self._selector(run)
 
     def _check_degrees(self, backbone: str, rs, where: str) -> None:
@@ -672,6 +681,29 @@ class Grid:
                 f"of activations, {need.state_gb:.1f} GB of weights and optimizer state; tocom/gpus.py); give it "
                 f"more GPUs or a smaller batch" + (f", or name {larger[0]}" if larger else ""))
 
+    def _share_teachers(self) -> None:
+        """Teacher outputs computed once (DistillSettings.teacher = "once") for several plugins: the plugins of a
+        backbone and method whose teachers see the same images at the same degrees share one file
+        (layout.TEACHER, made by its own job) when two or more do; one alone keeps its own as it goes (a file
+        of every image at every degree would cost it more than it saves)."""
+        groups: dict[tuple[str, str], dict[tuple, list[str]]] = {}
+        for backbone, method, variant in sorted(self.plugins):
+            dataset, s = self.distill_settings(backbone, variant)
+            if s.teacher != "once" or s.loss == "cls":      # the cls loss has no teacher
+                continue
+            key = (dataset, s.loss == "features", *(getattr(s, k) for k in DistillSettings.TEACHER_KEYS if k != "method"))
+            groups.setdefault((backbone, method), {}).setdefault(key, []).append(variant)
+        for (backbone, method), by_key in groups.items():
+            variants = max(by_key.values(), key=len)
+            if len(variants) > 1:
+                path = layout.path(layout.TEACHER, backbone=backbone, method=method)
+                self.teachers[path] = (backbone, method, min(variants, key=lambda v: (v != "tocom", v)))
+                self._teacher_of.update({(backbone, method, v): path for v in variants})
+
+    def teacher_file(self, backbone: str, method: str, variant: str) -> str | None:
+        """The teacher-outputs file a plugin reads (`_share_teachers`), or None."""
+        return self._teacher_of.get((backbone, method, variant))
+
     def data_root(self, dataset: str) -> str | None:
         """The root passed to `tocom --data-root` (None: the dataset's documented default).
 
@@ -719,7 +751,14 @@ class Grid:
         from .data import get_spec
         from .data.registry import resolve_root
 
+        from .data.transforms import augments
+
         self.task_settings()
+        for backbone, method, variant in sorted(self.plugins):
+            dataset, s = self.distill_settings(backbone, variant)
+            if s.teacher == "once" and augments(get_spec(dataset).default_transform, True):
+                raise TocomError(f"distill ({backbone}, {variant}): teacher once needs images read without "
+                                 f"augmentation, but {dataset} is read with DeiT's; use teacher live")
         generated = set(self.generated_datasets())
         for name in sorted(self.datasets()):
             spec = get_spec(name)              # unknown names fail here, generated or not

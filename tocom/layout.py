@@ -20,6 +20,9 @@ from .settings import DENSE_METHODS, METHODS, SEARCHABLE, UNCOMPRESSED
 # ---- the templates (relative to the run folder) --------------------------------------------------------
 BACKBONE = "backbones/{backbone}.safetensors"
 PLUGIN = "plugins/{backbone}/{method}/{variant}.safetensors"
+# The plain model's outputs per distillation image and degree, computed once for the plugins of a backbone and
+# method that share them (DistillSettings.teacher = "once").
+TEACHER = "teachers/{backbone}/{method}.safetensors"
 # A fine-tune at source r = 0 compresses nothing, so one model serves every method: it is filed under
 # method UNCOMPRESSED ("none"), as are the searches it applies; its evaluations keep the method they
 # evaluate.
@@ -144,7 +147,7 @@ def constraints(*templates: str) -> dict[str, str]:
 
 
 #: The constraints of every output's fields (the workflow's global `wildcard_constraints`).
-WILDCARDS = constraints(BACKBONE, PLUGIN, FINETUNE, SEARCH, EVAL, TRANSFER, BENCH, SEGMENT, TASK)
+WILDCARDS = constraints(BACKBONE, PLUGIN, TEACHER, FINETUNE, SEARCH, EVAL, TRANSFER, BENCH, SEGMENT, TASK)
 
 
 def _regex(template: str) -> re.Pattern:

@@ -35,6 +35,7 @@ DENSE_METHODS = ("tome_ffn",)      # dense prediction (Table 11): merged before 
 VARIANTS = ("tocom", "shared", "no_inversion")
 LOSSES = ("kd", "cls", "features")
 TEACHER_SIDES = ("source", "target")
+TEACHER_MODES = ("live", "once")
 MODES = ("full", "adaptformer", "linear")
 TRAIN_SPLITS = ("train", "trainval")
 SPLITS = ("train", "val", "trainval", "test")
@@ -380,6 +381,19 @@ class DistillSettings(TrainSettings):
     lora_dropout: float = setting(0.1, "dropout on the LoRA bottleneck (authors' code)", check="unit")
     mixup: float = setting(0.8, "mixup alpha on the distillation images (0: off)", check="nonneg")
     cutmix: float = setting(1.0, "cutmix alpha on the distillation images (0: off)", check="nonneg")
+    teacher: str = setting("live", "live: the teacher runs every step (authors' script); once: its output per image "
+                           "and degree is computed once and kept, shared by the plugins of a backbone and method "
+                           "(needs unaugmented images: mixup and cutmix 0; the same losses up to rounding)",
+                           choices=TEACHER_MODES)
+
+    #: What a teacher's outputs depend on besides the model and the images' dataset and seed (`teacher = once`).
+    TEACHER_KEYS: ClassVar[tuple[str, ...]] = ("method", "r_max", "r_step", "img_size", "split", "limit")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.teacher == "once" and (self.mixup > 0 or self.cutmix > 0):
+            raise TocomError(f"{self.stage}.teacher once needs unmixed images (its outputs are computed once per "
+                             f"image): set mixup and cutmix to 0, or teacher live")
 
 
 @dataclass(frozen=True)

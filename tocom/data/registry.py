@@ -20,7 +20,7 @@ from tocom.errors import TocomError
 from . import fmnist_tasks, folders, segmentation, small, synthetic
 from .base import TocomDataset, stratified_pick
 from .segmentation import SegmentationDataset, build_seg_transform
-from .transforms import TRAIN_SPLITS, TRANSFORMS, build_transform
+from .transforms import TRAIN_SPLITS, TRANSFORMS, augments, build_transform
 
 SPLITS = ("train", "val", "test", "trainval")
 DATA_ENV = "TOCOM_DATA"
@@ -252,6 +252,7 @@ def build_dataset(
     train = (split in TRAIN_SPLITS) if augment is None else bool(augment)
     ds.transform = build_transform(kind, img_size, train, interpolation)
     ds.transform_name = kind
+    ds.augments = augments(kind, train)
     ds.img_size = int(img_size)
     ds.root = root
     return ds

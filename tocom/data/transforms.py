@@ -70,6 +70,12 @@ def _legacy_posterize(transform):
     return transform
 
 
+def augments(kind: str, train: bool) -> bool:
+    """Whether a recipe draws random augmentations, so one image gives another tensor each time it is read
+    (only DeiT's training recipe does); what decides whether outputs on a dataset may be computed once."""
+    return kind == "deit" and train
+
+
 def build_transform(kind: str, img_size: int, train: bool, interpolation: str | None = None):
     """Return a callable PIL.Image -> FloatTensor[3, img_size, img_size]."""
     if kind not in TRANSFORMS:

@@ -471,7 +471,8 @@ def check_plugins(models: Sequence[torch.nn.Module], plugins: dict[str, ToCom], 
 
 def evaluate_targets(models: Sequence[torch.nn.Module], splits: Sequence[str], targets: Sequence[int], source: int,
                      plugins: dict[str, ToCom], s: EvalSettings, measure: Callable[..., dict], metric: str,
-                     device: torch.device, base: dict) -> list[dict]:
+                     device: torch.device, base: dict,
+                     plugin_targets: dict[str, Sequence[int]] | None = None) -> list[dict]:
     """The loop of every evaluator (classification top-1, segmentation mIoU), one row per score.
 
     First every target r plain, on every split; then per plugin (merged into every model, on the grid
@@ -479,7 +480,8 @@ def evaluate_targets(models: Sequence[torch.nn.Module], splits: Sequence[str], t
     every s of the grid on the selection split (`s.select_split`), the best (`choose_scale`) on the others.
     `models` all move together (the evaluated model and the one choosing s, when another one does);
     `measure(split, target, variant, scale)` scores one split and returns the row's metric columns,
-    `metric` naming the one s is chosen on. `base`: the columns every row shares.
+    `metric` naming the one s is chosen on. `base`: the columns every row shares. `plugin_targets`: the targets
+    a plugin is evaluated at, by label, when not every target (a plugin no study needs at some degree pair).
     """
     check_plugins(models, plugins, source, targets)
     rows: list[dict] = []
@@ -506,7 +508,7 @@ def evaluate_targets(models: Sequence[torch.nn.Module], splits: Sequence[str], t
                 comp.switch(target, scale)
 
         try:
-            for target in targets:
+            for target in (plugin_targets or {}).get(label, targets):
                 if target == source:
                     continue
                 best = choose_scale(grid, rows, lambda v: switch(target, v), lambda v: score(select, target, label, v))

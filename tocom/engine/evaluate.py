@@ -71,7 +71,8 @@ def check_selection(meta: dict, select_split: str, what: str) -> None:
 def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence[int],
                    plugins: dict[str, ToCom] | None = None, s: EvalSettings | None = None,
                    run: RunSettings | None = None, selector: tuple[nn.Module, dict, object] | None = None,
-                   out: str | Path | None = None, method: str | None = None) -> pd.DataFrame:
+                   out: str | Path | None = None, method: str | None = None,
+                   plugin_targets: dict[str, Sequence[int]] | None = None) -> pd.DataFrame:
     """Top-1 of `model` (fine-tuned at meta['source_r']) at each target r, plain and with each plugin.
 
     method: the compression to evaluate under (`resolve_method`: default, the one it was fine-tuned with).
@@ -81,6 +82,7 @@ def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence
     distilled at (`plugin.train_scale`, from its header; the grid's reference when unknown).
     selector: (model, meta, dataset of the selection split) that chooses s instead of `model` itself;
     it must be fine-tuned at the same source r (and, above r = 0, with the same method).
+    plugin_targets: {label: targets} for a plugin evaluated at only some of `targets` (default: all of them).
     """
     s, run = s or EvalSettings(), run or RunSettings()
     method, source = resolve_method(meta, model, method), int(meta.get("source_r", 0))
@@ -89,6 +91,11 @@ def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence
     too_big = [t for t in targets if t > max_r(model)]
     if too_big:
         raise TocomError(f"target r {too_big} exceeds what the backbone carries (max r = {max_r(model)})")
+    for label, own in (plugin_targets or {}).items():
+        if label not in (plugins or {}) or not set(own) <= set(targets):
+            raise TocomError(f"plugin targets {label}={','.join(map(str, own))}: name a plugin given with --plugin "
+                             f"({', '.join(plugins or {}) or 'none'}) and targets among --targets "
+                             f"({', '.join(map(str, targets))})")
     rt = runtime(run.device, run.amp)
     models = {"final": (model, meta)}
     eval_splits = {name: ("final", ds) for name, ds in splits.items()}
@@ -120,7 +127,7 @@ def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence
     base = dict(dataset=meta.get("dataset", ""), backbone=meta.get("backbone", ""), method=method,
                 source_r=source, seed=run.seed)
     rows = evaluate_targets([m for m, _ in models.values()], list(loaders), targets, source, plugins or {}, s,
-                            measure, "top1", rt.device, base)
+                            measure, "top1", rt.device, base, plugin_targets)
     df = pd.DataFrame(rows, columns=COLUMNS)
     if out:
         write_csv(df, out)

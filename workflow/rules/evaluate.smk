@@ -1,5 +1,6 @@
-# Stage 4: one job per fine-tuned model and compression method: every target r, plain and with each
-# plugin. A model fine-tuned at source r = 0 (filed under method none) is evaluated once per method.
+# Stage 4: one job per fine-tuned model and compression method: every target r plain, each plugin at the
+# targets its study sets ask for. A model fine-tuned at source r = 0 (filed under method none) is evaluated
+# once per method.
 
 
 def eval_run(wc):
@@ -17,9 +18,11 @@ def eval_selector(wc):
 
 def eval_flags(wc):
     ev = eval_run(wc)
+    fewer = {v: sorted(t) for v, t in sorted(ev.plugin_targets.items()) if t != ev.targets}
     return " ".join([
         flags(method=ev.method, targets=sorted(ev.targets),
               plugin=[f"{v}={p}" for v, p in eval_plugins(wc).items()],
+              plugin_targets=[f"{v}={','.join(map(str, t))}" for v, t in fewer.items()] or None,
               select_checkpoint=(eval_selector(wc) or [None])[0]),
         GRID.eval_settings.cli_args(),
         common_flags(ev.finetune.dataset, ev.finetune.seed),

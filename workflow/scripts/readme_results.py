@@ -2,7 +2,7 @@
 never edited by hand.
 
     python workflow/scripts/readme_results.py results/cpu --config config/cpu.yaml --wall "74 min" \
-        --log .snakemake/log/<the run>.snakemake.log
+        --log .snakemake/log/<the run>.snakemake.log [--replicate other/results/cpu]
 
 Reads the run's tables/eval.csv (test top-1 per dataset, seed, source r, target r, plain or + ToCom at
 the s chosen on val), tables/runtime.csv (Snakemake's benchmark files: time per job), Snakemake's log
@@ -10,7 +10,10 @@ the s chosen on val), tables/runtime.csv (Snakemake's benchmark files: time per 
 run's timeline, not the sum of its jobs) and the report's verdicts item (items.VERDICTS), and replaces the
 text between the `<!-- cpu-results` markers of docs/results.md. The block records the digest of the config the run
 used (experiments.config_digest: the resolved config, so comments and layout do not count): tests/test_protocol.py fails when the committed config no longer matches it, so the page always quotes a
-run of the committed default.
+run of the committed default. It also records the digests of the run's artefacts stage by stage and its verdicts
+(compare_run.record, shown as a table and kept as a `run-record` comment), which
+`python workflow/scripts/compare_run.py results/cpu` compares a user's finished run with. `--replicate` adds a
+second run of the same config (other seeds, another machine): per claim both verdicts and whether they agree.
 """
 from __future__ import annotations
 
@@ -20,11 +23,11 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from tocom import layout
-from tocom.experiments import config_digest
 from tocom.settings import METHODS
+
+import compare_run  # noqa: E402  (this folder: the run record and the comparison, one definition each)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "report"))
 from common.ctx import select  # noqa: E402  (the report's selection and paired test, one definition each)
@@ -39,7 +42,7 @@ NAMES = dict(zip(METHODS, ("ToMe (merge)", "EViT (prune)", "IdleViT (idle)"), st
 STAGES = {"pretrain": "pretrain backbone", "distill": "distil plugins", "finetune": "fine-tune",   # benchmark
           "evaluate": "cross-evaluate", "transfer": "transfer check", "bench": "bench",           # folders
           "segment": "segmentation fine-tune", "segment_eval": "segmentation eval"}
-LOG_RULES = {"pretrain": ["pretrain_backbone"], "distill": ["distill"],             # the rules behind each
+LOG_RULES = {"pretrain": ["pretrain_backbone"], "distill": ["distill", "teacher_outputs"],             # the rules behind each
              "finetune": ["finetune", "finetune_select", "search_candidate"],      # benchmark folder
              "evaluate": ["evaluate"], "transfer": ["transfer"], "bench": ["bench"],
              "segment": ["segment_finetune"], "segment_eval": ["segment_evaluate"]}
@@ -60,9 +63,7 @@ def job_times(log: Path) -> pd.DataFrame:
     return jobs
 
 
-def digest_of(path: Path) -> str:
-    """experiments.config_digest of a config file: what it computes, not how it is written."""
-    return config_digest(yaml.safe_load(path.read_text()))
+digest_of = compare_run.digest_of
 
 
 def main_table(ev: pd.DataFrame) -> list[str]:
@@ -99,7 +100,28 @@ def stage_table(runtime: pd.DataFrame, jobs: pd.DataFrame) -> list[str]:
     return lines
 
 
-def block(run: Path, config: Path, wall: str, log: Path | None = None) -> str:
+def digest_lines(rec: dict) -> list[str]:
+    lines = ["| stage | artefact | files | sha256 (first 16 hex digits) |", "| --- | --- | ---: | --- |"]
+    for stage, artefacts in rec["digests"].items():
+        for name, d in artefacts.items():
+            lines.append(f"| {stage} | {name} | {d['files']} | " + (f"`{d['sha256'][:16]}`" if d["sha256"] else "—")
+                         + " |")
+    return lines
+
+
+def replicate_lines(rec: dict, other: dict, where: Path) -> list[str]:
+    agree, total = compare_run.agreement(rec["verdicts"], other["verdicts"])
+    same = compare_run.first_difference(rec["digests"], other["digests"])
+    return [f"A second run of the same config, `{where}` (seeds {other['seeds']}; this run's: {rec['seeds']}"
+            + ("" if other.get("config") in (None, rec["config"]) else "; **another config**")
+            + "): the claims' verdicts side by side; "
+            + ("the two runs' artefacts are identical." if same is None else f"the runs first part at {same}.")
+            + f" **{agree} of {total} verdicts agree.**", "",
+            *compare_run.verdict_table(rec["verdicts"], other["verdicts"], ("this run", "second run"))]
+
+
+def block(run: Path, config: Path, wall: str, log: Path | None = None, replicate: Path | None = None,
+          replicate_config: Path | None = None) -> str:
     ev = pd.read_csv(run / layout.TABLE.format(table="eval"))
     ev = ev[ev.split == "test"]
     runtime_csv = run / layout.TABLE.format(table="runtime")
@@ -108,6 +130,10 @@ def block(run: Path, config: Path, wall: str, log: Path | None = None) -> str:
     claims = run / layout.REPORT_ITEM.format(item=VERDICTS.stem, ext=".md")
     claims_text = claims.read_text().strip() if claims.exists() else f"(no {claims.name} in this run)"
     claims_text = re.sub(r"^#+ .*\n", "", claims_text, count=1)   # the README gives its own heading
+    rec = compare_run.record(run, config)
+    second = []
+    if replicate is not None:
+        second = ["", *replicate_lines(rec, compare_run.record(replicate, replicate_config), replicate)]
     return "\n".join([
         f"{START} config/{config.name} sha256:{digest_of(config)} — generated by "
         f"workflow/scripts/readme_results.py from {run}; do not edit -->",
@@ -116,6 +142,13 @@ def block(run: Path, config: Path, wall: str, log: Path | None = None) -> str:
         "jobs run side by side, so stages overlap):",
         "",
         *stage_table(runtime, jobs),
+        "",
+        "What the run made, stage by stage (sha256 of each artefact's content; several files: of their paths and "
+        "digests). `python workflow/scripts/compare_run.py results/cpu` compares your finished run with these: "
+        "identical, or the stage where the two first part, and whether each verdict agrees:",
+        "",
+        *digest_lines(rec),
+        compare_run.record_comment(rec),
         "",
         "Test top-1 (%), mean over tasks × seeds; the gain is ToCom minus plain on the same model, its 95 % t "
         "interval and two-sided Wilcoxon signed-rank test over the (task, seed) pairs:",
@@ -126,6 +159,7 @@ def block(run: Path, config: Path, wall: str, log: Path | None = None) -> str:
         "scale*):",
         "",
         claims_text,
+        *second,
         END,
     ])
 
@@ -136,6 +170,9 @@ def main() -> None:
     ap.add_argument("--config", type=Path, required=True, help="the config the run used")
     ap.add_argument("--wall", required=True, help="measured wall-clock of the whole run, e.g. '74 min'")
     ap.add_argument("--log", type=Path, help="the run's Snakemake log (.snakemake/log/*.snakemake.log)")
+    ap.add_argument("--replicate", type=Path, help="a second finished run of the config (e.g. other seeds): its "
+                    "verdicts beside this run's")
+    ap.add_argument("--replicate-config", type=Path, help="the config the second run used (default: --config)")
     ap.add_argument("--readme", type=Path, default=Path(__file__).resolve().parents[2] / "docs" / "results.md",
                     help="the page holding the block (default: docs/results.md)")
     args = ap.parse_args()
@@ -143,7 +180,11 @@ def main() -> None:
     i, j = text.find(START), text.find(END)
     if i < 0 or j < 0:
         raise SystemExit(f"{args.readme}: no '{START} ... {END}' block to replace")
-    args.readme.write_text(text[:i] + block(args.run, args.config, args.wall, args.log) + text[j + len(END):])
+    try:
+        new = block(args.run, args.config, args.wall, args.log, args.replicate, args.replicate_config or args.config)
+    except compare_run.Unreadable as e:
+        raise SystemExit(f"readme_results: {e}") from None
+    args.readme.write_text(text[:i] + new + text[j + len(END):])
 
 
 if __name__ == "__main__":

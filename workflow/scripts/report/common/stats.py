@@ -103,6 +103,18 @@ def pair_test(diffs: pd.Series) -> dict:
     return out
 
 
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order; nan stays nan and is not counted):
+    the i-th smallest of m becomes max over j <= i of min(1, (m - j + 1) p_(j)). Rejecting where the adjusted
+    p < alpha keeps the chance of any false rejection in the family at most alpha, whatever the dependence."""
+    ranked = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    out, running = [math.nan] * len(pvalues), 0.0
+    for j, (p, i) in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - j) * p))
+        out[i] = running
+    return out
+
+
 def paired_test(base: pd.DataFrame, other: pd.DataFrame) -> dict:
     """Paired test of (other − base) across tasks × seeds (pair_test of pair_diffs)."""
     return pair_test(pair_diffs(base, other))
