@@ -95,6 +95,25 @@ def resolve_variants(config: dict) -> dict[str, dict]:
     return {**paper_variants(DistillSettings.from_mapping(main, "distill")), **(config.get("variants") or {})}
 
 
+def job_processes(resource: dict) -> int:
+    """Processes (DDP ranks) a job of one `resources` entry runs: one per GPU; on CPU, `processes` (gloo)."""
+    gpus = resource.get("gpus", 0)
+    if gpus > 0 and resource.get("processes", gpus) != gpus:
+        raise TocomError(f"resources: processes {resource['processes']} with gpus {gpus}; a GPU job runs one "
+                         "process per GPU, so leave processes out (it is for CPU jobs)")
+    return gpus if gpus > 0 else resource.get("processes", 1)
+
+
+def job_workers(resource: dict) -> int:
+    """Loader workers per rank of one `resources` entry: its `workers`, else the CPUs each rank gets less one
+    for the rank itself; at least one on a GPU job (decoding in the training process starves the GPU), none
+    on a CPU job with one CPU per rank."""
+    if "workers" in resource:
+        return resource["workers"]
+    per_rank = resource.get("cpus", 1) // job_processes(resource)
+    return max(1 if resource.get("gpus", 0) > 0 else 0, per_rank - 1)
+
+
 def config_digest(config: dict) -> str:
     """What a run computed from, as 16 hex digits: the sha256 of the config with its plugin variants resolved
     (`resolve_variants`), as canonical JSON. Comments, key order and spelling out a paper variant do not change
@@ -244,6 +263,10 @@ class Grid:
         self.benches: list[BenchRun] = []
         self.segments: dict[str, SegmentRun] = {}
         self._check_backbones(check_files)
+        for kind, resource in config.get("resources", {}).items():
+            if job_processes(resource) > resource.get("cpus", 1):
+                raise TocomError(f"resources.{kind}: {job_processes(resource)} processes need at least as many cpus "
+                                 f"(cpus: {resource.get('cpus', 1)})")
         self._expand_studies()
         self._expand_transfer()
         self._expand_bench()

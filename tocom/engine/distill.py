@@ -115,7 +115,7 @@ def distill(model: nn.Module, train_set, out: str | Path, s: DistillSettings | N
     if s.r_max % s.r_step:
         raise TocomError(f"r_step={s.r_step} does not divide r_max={s.r_max}; the plugin's degrees are multiples "
                          "of its step up to r_max")
-    rt = rt or runtime(run.device, run.amp)
+    rt = rt or runtime(run.device, run.precision)
     seed_everything(run.seed)
     plugin = ToCom.for_model(model, r_max=s.r_max, rank=s.rank, variant=s.variant, r_step=s.r_step)
     set_drop_path(model, s.drop_path)
@@ -124,7 +124,8 @@ def distill(model: nn.Module, train_set, out: str | Path, s: DistillSettings | N
     job = Fit(SelfDistillation(model, plugin, s, getattr(train_set, "num_classes", None)), epochs=s.epochs, lr=s.effective_lr, weight_decay=s.weight_decay,
               warmup_epochs=s.warmup_epochs, min_lr=s.min_lr, desc=f"distill {s.variant}")
     fingerprint = {**s.fingerprint(), "seed": run.seed, **(record or {})}
-    fit(job, loader(train_set, s.batch_size, rt, train=True, seed=run.seed, workers=run.workers), out, rt, run.seed,
+    fit(job, loader(train_set, s.batch_size, rt, train=True, seed=run.seed, workers=run.workers,
+                    repeats=s.repeated_aug), out, rt, run.seed,
         not run.quiet, fingerprint=fingerprint)
     set_drop_path(model, 0.0)
     info = {"settings": s.asdict(), "train_scale": s.scale, "seed": run.seed, **(record or {})}

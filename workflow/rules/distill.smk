@@ -5,7 +5,7 @@ def distill_flags(wc):
     dataset, s = GRID.distill_settings(wc.backbone, wc.variant)
     s = s.replace(method=wc.method)
     return " ".join([backbone_flags(wc.backbone), flags(dataset=dataset), s.cli_args(),
-                     common_flags(dataset, config["seeds"][0])])
+                     common_flags(dataset, config["seeds"][0], "distill")])
 
 
 rule distill:

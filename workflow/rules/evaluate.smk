@@ -22,7 +22,7 @@ def eval_flags(wc):
               plugin=[f"{v}={p}" for v, p in eval_plugins(wc).items()],
               select_checkpoint=(eval_selector(wc) or [None])[0]),
         GRID.eval_settings.cli_args(),
-        common_flags(ev.finetune.dataset, ev.finetune.seed),
+        common_flags(ev.finetune.dataset, ev.finetune.seed, "eval"),
     ])
 
 
