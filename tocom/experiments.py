@@ -263,10 +263,8 @@ class Grid:
         self.benches: list[BenchRun] = []
         self.segments: dict[str, SegmentRun] = {}
         self._check_backbones(check_files)
-        for kind, resource in config.get("resources", {}).items():
-            if job_processes(resource) > resource.get("cpus", 1):
-                raise TocomError(f"resources.{kind}: {job_processes(resource)} processes need at least as many cpus "
-                                 f"(cpus: {resource.get('cpus', 1)})")
+        for resource in config.get("resources", {}).values():
+            job_processes(resource)             # (processes given to a GPU job is an error)
         self._expand_studies()
         self._expand_transfer()
         self._expand_bench()
