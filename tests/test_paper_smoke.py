@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tocom.data import VTAB_TASKS, build_dataset, get_spec
-from tocom.experiments import Grid, resolve_variants, validate_config
+from tocom.experiments import Grid, job_processes, job_workers, resolve_variants, validate_config
 from tocom.models import PAPER_BACKBONES, read_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +118,10 @@ def test_config_validates_and_expands_to_one_job_per_rule_type(smoke, config):
             if isinstance(values, list):
                 assert values == PAPER["recipes"][name]["search"][key][:2]
     assert all(r["gpus"] == 0 and r["cpus"] == 1 for r in config["resources"].values())
+    # the GPU jobs' machinery on CPU: loader workers in every job, the distillation under 2-process DDP (gloo)
+    assert all(job_workers(r) == paper_smoke.WORKERS >= 1 for r in config["resources"].values())
+    assert job_processes(config["resources"]["distill"]) == paper_smoke.DDP_PROCESSES == 2
+    assert config["precision"] == PAPER["precision"]
     assert config["bench"][0]["repeats"] == 1 and config["bench"][0]["r"] == [0, 16]
     if SEGMENTATION:
         seg = config["segmentation"]

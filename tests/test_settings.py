@@ -103,10 +103,10 @@ def test_cli_flags_come_from_settings():
     parse = build_parser().parse_args
     args = parse(["bench"])
     assert MeasureSettings.from_args(args) == MeasureSettings()
-    args = parse(["bench", "--model", "m", "--method", "evit", "--r", "0", "4", "--mode", "train", "--amp",
-                  "--threads", "3", "--plugin-check", "--device", "cpu"])
-    assert MeasureSettings.from_args(args) == MeasureSettings(model="m", method="evit", r=(0, 4), mode="train", amp=True,
-                                                              threads=3, plugin_check=True, device="cpu")
+    args = parse(["bench", "--model", "m", "--method", "evit", "--r", "0", "4", "--mode", "train", "--precision",
+                  "bf16", "--threads", "3", "--plugin-check", "--device", "cpu"])     # (--amp was bf16 autocast)
+    assert MeasureSettings.from_args(args) == MeasureSettings(model="m", method="evit", r=(0, 4), mode="train",
+                                                              precision="bf16", threads=3, plugin_check=True, device="cpu")
     assert SweepSettings.from_args(parse(["flops", "--r", "2"])) == SweepSettings(r=(2,))
     args = parse(["finetune", "--dataset", "d", "--out", "o", "--r", "2", "--method", "idle"])
     assert SourceMethodSettings.from_args(args) == SourceMethodSettings(r=2, method="idle")

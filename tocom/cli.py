@@ -20,10 +20,10 @@ from pathlib import Path
 
 from . import layout
 from .errors import TocomError
-from .settings import (DENSE_METHODS, SPLITS, UNCOMPRESSED, BenchSettings, DistillSettings, EvalMethodSettings,
-                       EvalSettings, FinetuneSettings, FlopsSettings, MeasureSettings, PretrainSettings, RunSettings,
-                       SegmentSettings, SourceMethodSettings, SourceSettings, check_choosing_split,
-                       splits_overlap)
+from .settings import (DATA_BENCH, DENSE_METHODS, SPLITS, UNCOMPRESSED, BenchSettings, DataBenchSettings,
+                       DistillSettings, EvalMethodSettings, EvalSettings, FinetuneSettings, FlopsSettings,
+                       MeasureSettings, PretrainSettings, RunSettings, SegmentSettings, SourceMethodSettings,
+                       SourceSettings, check_choosing_split, splits_overlap)
 
 COMMANDS: dict[str, tuple] = {}
 
@@ -112,17 +112,21 @@ _flops.configure = _configure_flops
 def _configure_bench(p):
     MeasureSettings.add_arguments(p)
     BenchSettings.add_arguments(p)
+    DataBenchSettings.add_arguments(p)
     p.add_argument("--out", default=None, help="CSV to write")
 
 
-@command("bench", "measured images/s per r, inference or training (Fig. 3)")
+@command("bench", "measured images/s per r, inference or training (Fig. 3); --mode data: data loading")
 def _bench(args):
     from .engine.bench import bench, bench_plugin
 
     m, s = MeasureSettings.from_args(args), BenchSettings.from_args(args)
+    if m.mode == DATA_BENCH:
+        return _bench_data(m, s, DataBenchSettings.from_args(args), args.out)
     if m.plugin_check:
-        if m.mode != "infer" or m.amp:
-            raise TocomError("--plugin-check measures float32 inference; drop --mode train and --amp")
+        if m.mode != "infer" or m.precision not in ("auto", "off"):
+            raise TocomError("--plugin-check measures float32 inference; drop --mode train and --precision")
+        m = m.replace(precision="off")
         df = bench_plugin(m, s, out=args.out)
         cols = ["kind", "source_r", "target_r", "from_r", "k", "value", "reference", "ratio", "unit"]
         print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -133,6 +137,19 @@ def _bench(args):
 
 
 _bench.configure = _configure_bench
+
+
+def _bench_data(m, s, d, out):
+    """The loader's images/s on this machine, then what one GPU consumes per job type and the workers that takes."""
+    from .engine.bench import bench_data, gpu_demand, workers_needed
+
+    df = bench_data(d, s, threads=m.threads, out=out)
+    print(df[["transform", "workers", "images_per_s", "images_per_s_std"]].to_string(
+        index=False, float_format=lambda v: f"{v:.1f}"))
+    need = workers_needed(gpu_demand(m, d.gpu_tflops, d.gpu_utilisation, max(m.r)), df)
+    print(f"\none GPU at {d.gpu_tflops:g} TFLOPS x {d.gpu_utilisation:g} utilisation, {m.model} ({m.method}):")
+    print(need[["job", "transform", "gflops_per_image", "images_per_s", "images_per_s_per_worker",
+                "workers_per_gpu"]].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
 
 
 # ---- shared argument groups ------------------------------------------------------------------------

@@ -177,6 +177,25 @@ def resolve_variants(config: dict) -> dict[str, dict]:
     return {**paper_variants(DistillSettings.from_mapping(main, "distill")), **(config.get("variants") or {})}
 
 
+def job_processes(resource: dict) -> int:
+    """Processes (DDP ranks) a job of one `resources` entry runs: one per GPU; on CPU, `processes` (gloo)."""
+    gpus = resource.get("gpus", 0)
+    if gpus > 0 and resource.get("processes", gpus) != gpus:
+        raise TocomError(f"resources: processes {resource['processes']} with gpus {gpus}; a GPU job runs one "
+                         "process per GPU, so leave processes out (it is for CPU jobs)")
+    return gpus if gpus > 0 else resource.get("processes", 1)
+
+
+def job_workers(resource: dict) -> int:
+    """Loader workers per rank of one `resources` entry: its `workers`, else the CPUs each rank gets less one
+    for the rank itself; at least one on a GPU job (decoding in the training process starves the GPU), none
+    on a CPU job with one CPU per rank."""
+    if "workers" in resource:
+        return resource["workers"]
+    per_rank = resource.get("cpus", 1) // job_processes(resource)
+    return max(1 if resource.get("gpus", 0) > 0 else 0, per_rank - 1)
+
+
 def config_digest(config: dict) -> str:
     """What a run computed from, as 16 hex digits: the sha256 of the config with its plugin variants resolved
     (`resolve_variants`), as canonical JSON. Comments, key order and spelling out a paper variant do not change
@@ -341,6 +360,8 @@ class Grid:
         self.teachers: dict[str, tuple[str, str, str]] = {}     # teacher-outputs file -> (backbone, method, variant)
         self._teacher_of: dict[tuple[str, str, str], str] = {}
         self._check_backbones(check_files)
+        for resource in config.get("resources", {}).values():
+            job_processes(resource)             # (processes given to a GPU job is an error)
         self._expand_studies()
         self._expand_transfer()
         self._expand_bench()

@@ -65,6 +65,24 @@ def tocom_vit_micro_patch4_56(pretrained: bool = False, **kwargs) -> VisionTrans
                  depth=12, num_heads=2, user_kwargs=kwargs)
 
 
+def mae_pooling(name: str) -> bool:
+    """Whether a backbone follows MAE's fine-tuning recipe: a timm name tagged `.mae` (the paper's Table 10)."""
+    return name.split(".")[-1] == "mae" and "." in name
+
+
+def to_average_pooling(model: VisionTransformer) -> VisionTransformer:
+    """MAE's fine-tuning head (He et al., 2022; its `global_pool`): the patch tokens averaged (token-size
+    weighted once compressed, as ToMe's MAE patch does) into a fresh LayerNorm `fc_norm`, the pre-training's
+    final `norm` dropped. Idempotent."""
+    if model.global_pool == "avg" and not isinstance(model.fc_norm, torch.nn.Identity):
+        return model
+    norm = model.norm
+    model.global_pool = "avg"
+    model.fc_norm = type(norm)(model.embed_dim, eps=norm.eps)
+    model.norm = torch.nn.Identity()
+    return model
+
+
 def backbone_names() -> list[str]:
     return list(PAPER_BACKBONES) + ["tocom_vit_tiny_patch4_56", "tocom_vit_micro_patch4_56", "tocom_vit_tiny_patch8_56"]
 
@@ -92,6 +110,8 @@ def create_backbone(name: str, num_classes: int | None = None, checkpoint: str |
         raise TocomError(f"{name} is a {type(model).__name__}, not a Vision Transformer; tocom compresses the tokens "
                          "of timm's VisionTransformer family (vit_*, deit_*, deit3_*), e.g. "
                          f"{', '.join(backbone_names())}")
+    if mae_pooling(name):
+        to_average_pooling(model)
     if checkpoint:
         load_checkpoint(model, checkpoint)
     return model
@@ -137,6 +157,8 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
     for key in [k for k in state if k.startswith(("head.", "head_dist.", "fc_norm.")) and k in own]:
         if state[key].shape != own[key].shape:
             del state[key]
+    if "norm.weight" not in own and "fc_norm.weight" in own:     # MAE's fine-tuning drops the pre-training's norm
+        state = {k: v for k, v in state.items() if not k.startswith("norm.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("head.", "head_dist.", "fc_norm."))]
     if missing or unexpected:

@@ -41,6 +41,8 @@ TRAIN_SPLITS = ("train", "trainval")
 SPLITS = ("train", "val", "trainval", "test")
 BENCH_MODES = ("infer", "train")
 FLOPS_HEADS = ("classifier", "segmenter")   # what `tocom flops` counts on top of the ViT
+DATA_BENCH = "data"                # `tocom bench --mode data`: data loading, not a workflow bench job
+PRECISIONS = ("auto", "fp16", "bf16", "off")   # autocast dtype; auto: bf16 where the GPU has it, else fp16; off on CPU
 PLUGIN_CHECK = "plugin"            # a bench job of the workflow: `tocom bench --plugin-check` (inference)
 BENCH_JOBS = (*BENCH_MODES, PLUGIN_CHECK)
 SEARCHABLE = ("lr", "adapter_scale")   # the FinetuneSettings fields a search varies (SearchSettings, in this order)
@@ -304,13 +306,16 @@ def _check(stage, f, v) -> None:
 # ---- the stages ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunSettings(Settings):
-    """How a step runs, not what it computes (only `seed` changes results)."""
+    """How a step runs, not what it computes: `seed` and `precision` change results, `workers` does not (every
+    training item is augmented from its own seed, in whichever process loads it)."""
     stage = "run"
     seed: int = setting(0, "random seed (data order, initialisation, sampled degrees)", check="nonneg",
                         maximum=MAX_SEED)
     device: str | None = setting(None, "cpu or cuda (none: cuda when available)", choices=("cpu", "cuda", None))
-    amp: bool = setting(True, "bf16 autocast on CUDA (no effect on CPU)")
-    workers: int = setting(0, "data-loading worker processes", check="nonneg")
+    precision: str = setting("auto", "autocast dtype: fp16 (with a gradient scaler), bf16, or off (float32); auto: "
+                             "bf16 on GPUs that support it, fp16 on older ones (V100), off on CPU", choices=PRECISIONS)
+    workers: int = setting(0, "data-loading worker processes per DDP rank (persistent; 0: in the main process)",
+                           check="nonneg")
     quiet: bool = setting(False, "no progress bars (one log line per epoch stays)")
 
 
@@ -326,6 +331,9 @@ class TrainSettings(Settings):
     min_lr: float = setting(1e-5, "cosine schedule floor (DeiT's default)", check="nonneg")
     weight_decay: float = setting(0.05, "AdamW weight decay", check="nonneg")
     warmup_epochs: float = setting(0.0, "linear warm-up epochs", check="nonneg")
+    repeated_aug: int = setting(1, "DeiT's repeated augmentation: each drawn image appears this many times per epoch, "
+                                "differently augmented, the epoch keeping its length (3 in DeiT and the authors' "
+                                "ImageNet/CIFAR/FGVC runs; 1: off)", check="positive")
 
     def __post_init__(self):
         super().__post_init__()
@@ -525,14 +533,34 @@ class FlopsSettings(SweepSettings):
 class MeasureSettings(SweepSettings):
     """`tocom bench`'s sweep, and what it times where (BenchSettings, from the config, says how often)."""
     stage = "measure"
-    mode: str = setting("infer", "time inference (no grad) or training steps (forward, backward, SGD step)",
-                        choices=BENCH_MODES)
+    mode: str = setting("infer", "time inference (no grad) or training steps (forward, backward, SGD step); data: "
+                        "time data loading instead (DataBenchSettings)", choices=BENCH_MODES + (DATA_BENCH,))
     plugin_check: bool = setting(False, "instead of Fig. 3, check the deployment claims with a random merged ToCom "
                                  "plugin: inference images/s merged vs plain at each r, and Compensation.switch() "
                                  "latency vs its floor (one rank-k addmm_ into each W_q/W_v); float32 inference only")
     device: str | None = setting(None, "torch device, e.g. cpu or cuda (none: cuda when available)")
-    amp: bool = setting(False, "bfloat16 autocast (CPU included: timings are float32 unless asked)")
+    precision: str = setting("auto", "autocast dtype (RunSettings.precision: auto is off on CPU, so CPU timings are "
+                             "float32 unless asked)", choices=PRECISIONS)
     threads: int | None = setting(None, "torch CPU threads (none: torch's default)", check="positive")
+
+
+@dataclass(frozen=True)
+class DataBenchSettings(Settings):
+    """`tocom bench --mode data`: images/s of the real transforms on ImageNet-layout JPEGs it writes itself
+    (ImageNet's median size by default), per number of loader workers (batch, warm-up and timed passes:
+    BenchSettings), and the images/s a GPU consumes per job type."""
+    stage = "data_bench"
+    transforms: tuple[str, ...] = setting(["train", "eval"], "train: DeiT's augmentation (RandAugment, random "
+                                          "erasing); eval: resize and centre crop", choices=("train", "eval"))
+    worker_counts: tuple[int, ...] = setting([0, 1, 2], "numbers of loader workers to time", check="nonneg")
+    images: int = setting(512, "images per timed pass (JPEGs written: up to 256, then reused)", check="positive")
+    img_size: int = setting(224, "the model's input size", check="positive")
+    width: int = setting(500, "fixture JPEG width (ImageNet's median)", check="positive")
+    height: int = setting(375, "fixture JPEG height (ImageNet's median)", check="positive")
+    gpu_tflops: float = setting(125.0, "the GPU's dense peak at the run's precision, TFLOPS (V100 SXM2 fp16 "
+                                "tensor cores: 125; A100 bf16: 312), for the images/s a GPU consumes", check="positive")
+    gpu_utilisation: float = setting(0.21, "share of that peak a ViT-B step reaches (0.21: DeiT-B's 300 epochs "
+                                     "in 53 h on 8 V100s, 252 images/s per GPU)", check="unit")
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,35 @@ unit                ``images/s`` (merged_throughput) or ``ms`` (switch)
   switching costs only the unavoidable update.
 
 The model's weights are random: speed does not depend on them.
+
+`bench_data` (``tocom bench --mode data``) times data loading as the training and evaluation jobs run it:
+the pipeline's own loader (`common.loader`: per-item seeds, persistent workers) over the ImageNet reader
+(`build_dataset("imagenet")`) with DeiT's training augmentation (RandAugment, random erasing: ``train``) or
+the evaluation resize and centre crop (``eval``), on photo-like JPEGs it writes in ImageNet's layout at
+ImageNet's median size, for each number of loader workers. One row per (transform, workers); columns:
+
+==================  ===============================================================================
+transform           ``train`` or ``eval``
+workers             loader worker processes (0: the main process decodes)
+images_per_s        median over the timed passes of images delivered per second (``_std``: their std)
+images, batch_size, images per timed pass, per batch, timed passes
+repeats
+img_size            the model's input size the transform produces
+source_width,       the fixture JPEGs' size and mean file size (ImageNet: 500 x 375 median, ~110 KB)
+source_height,
+jpeg_kb
+cpus, threads       CPUs this process may run on; torch threads of the main process
+==================  ===============================================================================
+
+`gpu_demand` turns a backbone's analytic FLOPs into the images/s one GPU consumes per job type (the
+rate its loader workers must sustain), at a stated peak and utilisation.
 """
 from __future__ import annotations
 
+import math
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -60,8 +85,10 @@ from ..compress import flops, max_r, patch, set_r
 from ..errors import TocomError
 from ..io import write_csv
 from ..models import create_backbone
-from ..settings import BenchSettings, MeasureSettings
+from ..settings import BenchSettings, DataBenchSettings, MeasureSettings
 
+DATA_COLUMNS = ["transform", "workers", "images_per_s", "images_per_s_std", "images", "batch_size", "repeats",
+                "img_size", "source_width", "source_height", "jpeg_kb", "cpus", "threads"]
 PLUGIN_COLUMNS = ["model", "method", "device", "threads", "batch_size", "plugin_rank", "kind", "source_r",
                   "target_r", "from_r", "k", "repeats", "value", "value_std", "reference", "reference_std", "ratio", "unit"]
 
@@ -91,14 +118,17 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
     return time_it
 
 
-def _step(model: torch.nn.Module, x: torch.Tensor, mode: str, optimizer) -> None:
+def _step(model: torch.nn.Module, x: torch.Tensor, mode: str, optimizer, scaler=None) -> None:
+    """One timed pass; training steps as `common.fit` does (fp16: through the gradient scaler)."""
     if mode == "infer":
         with torch.inference_mode():
             model(x)
     else:
         optimizer.zero_grad(set_to_none=True)
-        model(x).float().logsumexp(dim=-1).mean().backward()
-        optimizer.step()
+        loss = model(x).float().logsumexp(dim=-1).mean()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -107,11 +137,14 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 def bench(m: MeasureSettings, s: BenchSettings, out: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Measure throughput at each r of the sweep in `m.mode`. Returns (and optionally writes) one row per r."""
+    from .common import Runtime, resolve_precision
+
     model, device = _setup(m, m.r)
     model.train(m.mode == "train")
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6) if m.mode == "train" else None
     x = torch.randn(s.batch_size, 3, *model.patch_embed.img_size, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=m.amp)
+    rt = Runtime(device, precision=resolve_precision(m.precision, device))
+    autocast, scaler = rt.autocast(), rt.scaler()
     time_it = _timer(device)
     # Warm up at every r before timing any (the first steps of a process, allocator growth, kernel
     # selection, autograd set-up, would otherwise be charged to the first r), then time the degrees
@@ -120,18 +153,19 @@ def bench(m: MeasureSettings, s: BenchSettings, out: str | Path | None = None, p
         for r in m.r:
             set_r(model, r)
             for _ in range(s.warmup):
-                _step(model, x, m.mode, optimizer)
+                _step(model, x, m.mode, optimizer, scaler)
     times = {r: [] for r in m.r}
     with autocast:
         for _ in tqdm(range(s.repeats), desc=f"bench {m.model} {m.method} {m.mode}", disable=not progress):
             for r in m.r:
                 set_r(model, r)
-                times[r].append(time_it(lambda: _step(model, x, m.mode, optimizer)))
+                times[r].append(time_it(lambda: _step(model, x, m.mode, optimizer, scaler)))
     rows = []
     for r in m.r:
         ips, ips_std = _stats([s.batch_size / t for t in times[r]])
         rows.append(dict(model=m.model, method=m.method, r=r, mode=m.mode, device=device.type,
-                         threads=torch.get_num_threads(), batch_size=s.batch_size, repeats=s.repeats,
+                         precision=rt.precision, threads=torch.get_num_threads(), batch_size=s.batch_size,
+                         repeats=s.repeats,
                          images_per_s=ips, images_per_s_std=ips_std, gflops=flops(model, r)["gflops"]))
     df = pd.DataFrame(rows)
     base = df.loc[df.r == 0]
@@ -291,3 +325,118 @@ def _switch_latency(model, plugin, rs, s: BenchSettings, time_it) -> list[dict]:
                              reference_std=ref_std, unit="ms",
                              ratio=statistics.median(a / b for a, b in zip(sw[(mv, start)], fl[mv]))))
     return rows
+
+
+# ---- data loading: what the loader workers deliver, and what a GPU consumes ---------------------------------
+FIXTURE_FILES = 256          # JPEGs written; a pass longer than that reads them again (from the page cache,
+                             # as a real epoch mostly does not: the disk is not what this measures)
+
+
+def photo_like(rng, width: int, height: int):
+    """A PIL image whose JPEG weighs what an ImageNet photo does at that size (~110 KB at 500 x 375, quality
+    90): colour fields at four spatial scales plus sensor-like noise. Random pixels would be 3x larger and
+    slower to decode; flat ones much faster."""
+    import numpy as np
+    from PIL import Image
+
+    img = np.zeros((height, width, 3), np.float32)
+    for cells, amplitude in ((4, 90), (16, 45), (64, 30), (250, 30)):
+        small = rng.normal(0, amplitude, (max(2, cells * height // width), cells, 3))
+        layer = Image.fromarray(np.uint8(np.clip(small + 128, 0, 255))).resize((width, height), Image.BICUBIC)
+        img += np.asarray(layer, np.float32) - 128
+    img += rng.normal(0, 10, img.shape)
+    return Image.fromarray(np.uint8(np.clip(img + 128, 0, 255)))
+
+
+def write_jpeg_folder(root: Path, n: int, width: int, height: int, seed: int = 0) -> float:
+    """`n` photo-like JPEGs in ImageNet's layout, root/train/<wnid>/<wnid>_<i>.JPEG over 8 wnids; their mean
+    size in KB."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sizes = []
+    for i in range(n):
+        wnid = f"n{i % 8:08d}"
+        path = Path(root) / "train" / wnid / f"{wnid}_{i}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        photo_like(rng, width, height).save(path, format="JPEG", quality=90)
+        sizes.append(path.stat().st_size)
+    return sum(sizes) / len(sizes) / 1024
+
+
+def bench_data(d: DataBenchSettings, s: BenchSettings, threads: int | None = None, out: str | Path | None = None,
+               progress: bool = True) -> pd.DataFrame:
+    """Images/s of the pipeline's loader per transform and number of workers (the module docstring's table)."""
+    from torch.utils.data import Subset
+
+    from ..data import build_dataset
+    from .common import Runtime, loader
+
+    if threads:
+        torch.set_num_threads(threads)
+    rt = Runtime(torch.device("cpu"))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tocom-data-bench-") as tmp:
+        kb = write_jpeg_folder(Path(tmp), min(d.images, FIXTURE_FILES), d.width, d.height)
+        for transform in d.transforms:
+            ds = build_dataset("imagenet", root=tmp, split="trainval", img_size=d.img_size,
+                               augment=transform == "train")
+            data = Subset(ds, [i % len(ds) for i in range(d.images)])
+            for workers in d.worker_counts:
+                dl = loader(data, s.batch_size, rt, train=transform == "train", seed=0, workers=workers)
+                rates = []
+                for i in tqdm(range(-1 if s.warmup else 0, s.repeats), desc=f"data {transform} workers={workers}",
+                              disable=not progress, leave=False):
+                    if hasattr(dl.sampler, "set_epoch"):
+                        dl.sampler.set_epoch(i + 1)
+                    started, seen = time.perf_counter(), 0
+                    for images, _ in dl:      # a warm-up pass (i = -1) starts the persistent workers
+                        seen += images.shape[0]
+                    if i >= 0:
+                        rates.append(seen / (time.perf_counter() - started))
+                del dl                        # stops its workers
+                ips, ips_std = _stats(rates)
+                rows.append(dict(transform=transform, workers=workers, images_per_s=ips, images_per_s_std=ips_std,
+                                 images=d.images, batch_size=s.batch_size, repeats=s.repeats, img_size=d.img_size,
+                                 source_width=d.width, source_height=d.height, jpeg_kb=round(kb, 1),
+                                 cpus=len(os.sched_getaffinity(0)), threads=torch.get_num_threads()))
+    df = pd.DataFrame(rows, columns=DATA_COLUMNS)
+    if out:
+        write_csv(df, out)
+    return df
+
+
+#: Forward-pass equivalents one image costs per job type (analytic, per image): full fine-tuning 3 (forward,
+#: then backward with weight and activation gradients, 2); a frozen backbone's backward only propagates
+#: activation gradients (1), so AdaptFormer costs 2 and the distillation's student 2 at n plus the teacher's
+#: forward at m; evaluation 1. The transform each job's images go through, as the data bench names it.
+JOBS = {"distill": (None, "train"), "finetune_full": (3, "train"), "finetune_adaptformer": (2, "eval"),
+        "evaluate": (1, "eval")}
+
+
+def gpu_demand(m: MeasureSettings, tflops: float, utilisation: float, r_max: int = 16) -> pd.DataFrame:
+    """Images/s one GPU consumes per job type: peak x utilisation / FLOPs per image, FLOPs from `m.model`'s
+    analytic count under `m.method` (multiply-adds x 2) at r = 0 (fine-tuning and evaluation at the source
+    r = 0, the dearest) and, for the distillation, averaged over the degree pairs it draws (m != n uniform on
+    0..r_max: each of m and n is uniform, so its cost is 3 x the mean forward)."""
+    model = patch(create_backbone(m.model), m.method)
+    per_r = [flops(model, r)["gflops"] for r in range(min(r_max, max_r(model)) + 1)]
+    rate = tflops * 1e12 * utilisation
+    rows = []
+    for job, (factor, transform) in JOBS.items():
+        gmacs = 3 * statistics.mean(per_r) if factor is None else factor * per_r[0]
+        rows.append(dict(job=job, model=m.model, method=m.method, transform=transform, gflops_per_image=2 * gmacs,
+                         tflops=tflops, utilisation=utilisation, images_per_s=rate / (2 * gmacs * 1e9)))
+    return pd.DataFrame(rows)
+
+
+def workers_needed(demand: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
+    """Per job type: loader workers per GPU at the measured per-worker rate of its transform (the best
+    images/s per worker over the measured worker counts > 0), rounded up."""
+    per_worker = {t: max((g.images_per_s / g.workers)[g.workers > 0], default=math.nan)
+                  for t, g in data.groupby("transform")}
+    out = demand.copy()
+    out["images_per_s_per_worker"] = out["transform"].map(per_worker)
+    out["workers_per_gpu"] = [math.ceil(n / w) if w == w else None
+                              for n, w in zip(out.images_per_s, out.images_per_s_per_worker)]
+    return out

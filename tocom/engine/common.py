@@ -18,10 +18,21 @@ One writer per output: `fit` takes an exclusive lock on `<out>.lock` (fcntl.floc
 host and Slurm job id written inside) and `finish` releases it after the final write; a second run
 aimed at the same output stops with one line naming the holder. The kernel drops the lock when the
 holder dies, so a killed run never blocks its rerun.
+
+Data loading (`loader`): worker processes per rank (persistent across epochs, pinned memory and non-blocking
+copies on CUDA) for training and evaluation alike. A training item's augmentation is drawn from its own seed
+(run seed, epoch, rank, position in the epoch), set in whichever process loads it, so batches are the same
+with 0 or 10 workers, persistent or not, and in a run resumed at any epoch. DeiT's repeated augmentation
+(timm's RepeatAugSampler) is the training order when asked for.
+
+Precision (`Runtime.precision`): fp16 autocast with a gradient scaler (the authors', and the only one V100s
+have), bf16 autocast, or off; `auto` picks bf16 on GPUs with native support, fp16 on older ones and off on
+CPU. The scaler's state is part of the resume state.
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -39,7 +50,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, get_worker_info
 from tqdm import tqdm
 
 from ..compress import set_r
@@ -51,12 +62,25 @@ from ..settings import EvalSettings
 
 
 # ---- processes and devices ------------------------------------------------------------------------
+AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 on a GPU with native bf16 (compute capability >= 8), fp16 on older GPUs (V100s have no
+    bf16: torch would emulate it, slowly), off on CPU so CPU results stay exact. Other values stand."""
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "off"
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+
+
 @dataclass
 class Runtime:
     device: torch.device
     rank: int = 0
     world: int = 1
-    amp: bool = False
+    precision: str = "off"          # resolved: fp16, bf16 or off
 
     @property
     def main(self) -> bool:
@@ -67,12 +91,17 @@ class Runtime:
         return self.world > 1
 
     def autocast(self):
-        """bf16 autocast on CUDA when asked; a no-op on CPU so CPU results stay exact."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp and self.device.type == "cuda")
+        """Autocast to the run's dtype (a no-op when precision is off)."""
+        return torch.autocast(self.device.type, dtype=AUTOCAST.get(self.precision, torch.bfloat16),
+                              enabled=self.precision in AUTOCAST)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        """fp16's dynamic loss scaling (timm's NativeScaler, as the authors train); disabled otherwise."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
 
-def runtime(device: str | None = None, amp: bool = True) -> Runtime:
-    """Devices and, under torchrun, the process group (NCCL on GPUs, gloo on CPU)."""
+def runtime(device: str | None = None, precision: str = "auto") -> Runtime:
+    """Devices, precision and, under torchrun, the process group (NCCL on GPUs, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -82,9 +111,13 @@ def runtime(device: str | None = None, amp: bool = True) -> Runtime:
     if dev.type == "cuda":
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
+    precision = resolve_precision(precision, dev)
+    if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise TocomError(f"precision bf16: {torch.cuda.get_device_name(dev)} has no native bfloat16; "
+                         "use --precision fp16 (or auto)")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Runtime(device=dev, rank=rank, world=world, amp=amp)
+    return Runtime(device=dev, rank=rank, world=world, precision=precision)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -104,19 +137,110 @@ def set_drop_path(model: torch.nn.Module, rate: float) -> None:
         blk.drop_path1 = blk.drop_path2 = DropPath(r) if r > 0 else torch.nn.Identity()
 
 
-def loader(ds: Dataset, batch_size: int, rt: Runtime, train: bool, seed: int, workers: int = 0) -> DataLoader:
-    """Deterministic loader; under DDP each rank sees its shard and the global batch is preserved."""
-    sampler = DistributedSampler(ds, rt.world, rt.rank, shuffle=train, seed=seed, drop_last=train) if rt.distributed else None
+def _item_seed(seed: int, epoch: int, rank: int, position: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{rank}/{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _reseed(item_seed: int) -> None:
+    """Every RNG an augmentation may use: Python's (timm's RandAugment, crops, erasing), numpy's, torch's."""
+    random.seed(item_seed)
+    np.random.seed(item_seed % 2**32)
+    torch.manual_seed(item_seed)
+
+
+class EpochOrder(Sampler):
+    """One rank's training order for the current epoch (`set_epoch`), each index paired with its item's seed.
+
+    The order: timm's RepeatAugSampler (DeiT's repeated augmentation) when `repeats` > 1; else, under DDP,
+    DistributedSampler; else a random permutation. All are drawn from (seed, epoch) only."""
+
+    def __init__(self, ds: Dataset, rt: Runtime, seed: int, repeats: int = 1):
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        self.seed, self.rank, self.epoch = seed, rt.rank, 0
+        if repeats > 1:
+            self.order = RepeatAugSampler(ds, num_replicas=rt.world, rank=rt.rank, num_repeats=repeats)
+        elif rt.distributed:
+            self.order = DistributedSampler(ds, rt.world, rt.rank, shuffle=True, seed=seed, drop_last=True)
+        else:
+            self.generator = torch.Generator()
+            self.order = RandomSampler(ds, generator=self.generator)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if isinstance(self.order, DistributedSampler):
+            self.order.set_epoch(epoch)                  # shuffles by its own seed + epoch
+        elif isinstance(self.order, RandomSampler):
+            self.generator.manual_seed(self.seed * 1000 + epoch)
+        else:
+            self.order.set_epoch(self.seed * 1000 + epoch)   # RepeatAugSampler shuffles by this number alone
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        for position, index in enumerate(self.order):
+            yield _item_seed(self.seed, self.epoch, self.rank, position), index
+
+
+class SeededItems(Dataset):
+    """`ds` indexed by `EpochOrder`'s (item seed, index): the loading process's RNGs are reseeded before each
+    item, so its augmentation does not depend on which worker (or the main process) loads it. In the main
+    process (no workers) the RNG states are restored afterwards: the model's own draws (degrees, dropout,
+    stochastic depth, mixup) go on as if no data had been loaded."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key):
+        item_seed, index = key
+        if get_worker_info() is not None:
+            _reseed(item_seed)
+            return self.ds[index]
+        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        try:
+            _reseed(item_seed)
+            return self.ds[index]
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+
+
+def loading(rt: Runtime, workers: int, seed: int = 0) -> dict:
+    """DataLoader options every loader shares: persistent workers, pinned memory on CUDA (copies to the GPU are
+    then non-blocking), and a generator of its own (so the loader's worker base seed is not drawn from the
+    global RNG, which would shift the model's draws depending on when workers start)."""
     g = torch.Generator()
     g.manual_seed(seed)
+    return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=rt.device.type == "cuda",
+                generator=g)
+
+
+def loader(ds: Dataset, batch_size: int, rt: Runtime, train: bool, seed: int, workers: int = 0, repeats: int = 1,
+           collate_fn=None) -> DataLoader:
+    """Deterministic loader; under DDP each rank sees its shard and the global batch is preserved.
+
+    Training: `EpochOrder` (repeated augmentation when `repeats` > 1), per-item seeds, whole batches only (fit
+    calls `loader.sampler.set_epoch`). Evaluation: every image in order (DDP: sharded), nothing random."""
     per_rank = max(1, batch_size // rt.world)
-    return DataLoader(ds, batch_size=per_rank, shuffle=train and sampler is None, sampler=sampler,
-                      drop_last=train and len(ds) >= per_rank * rt.world, num_workers=workers, generator=g,
-                      persistent_workers=False, pin_memory=rt.device.type == "cuda")
+    if train:
+        sampler, data = EpochOrder(ds, rt, seed, repeats), SeededItems(ds)
+    else:
+        sampler = DistributedSampler(ds, rt.world, rt.rank, shuffle=False) if rt.distributed else None
+        data = ds
+    return DataLoader(data, batch_size=per_rank, sampler=sampler, drop_last=train and len(sampler) >= per_rank,
+                      collate_fn=collate_fn, **loading(rt, workers, seed))
 
 
 # ---- resumable state ------------------------------------------------------------------------------
-RESUME_FORMAT = 2      # 1: trainable.safetensors + state.pt written one after the other (no fingerprint)
+RESUME_FORMAT = 3      # 1: trainable.safetensors + state.pt written one after the other (no fingerprint);
+                       # 2: one optimizer group (every parameter decayed), no gradient scaler
 
 
 def _resume_dir(out: Path) -> Path:
@@ -149,9 +273,9 @@ def _fingerprint_diff(old: dict, new: dict) -> str:
     return ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "") or "format changed"
 
 
-def _save_resume(out: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer, epoch: int,
+def _save_resume(out: Path, params: dict[str, torch.nn.Parameter], opt: "Stepper", epoch: int,
                  fingerprint: dict) -> None:
-    """Weights, optimizer, epoch and fingerprint as one file, renamed into place in one step."""
+    """Weights, optimizer (with the gradient scaler), epoch and fingerprint as one file, renamed into place in one step."""
     state = {"format": RESUME_FORMAT, "fingerprint": _canonical(fingerprint), "epoch": epoch,
              "trainable": {k: p.detach().cpu().clone() for k, p in params.items()},
              "optimizer": opt.state_dict()}
@@ -255,6 +379,45 @@ def release_output_lock(out: str | Path) -> None:
         os.close(fd)
 
 
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """timm's (DeiT's) weight-decay groups over `module`'s trainable parameters: no decay for biases, norms
+    (every 1-D parameter) and whatever a timm model inside names in its `no_weight_decay()` (position
+    embedding, class and distillation tokens), found at any depth (the model sits inside the loss module)."""
+    from timm.optim import param_groups_weight_decay
+
+    exempt = set()
+    for prefix, sub in module.named_modules():
+        if callable(getattr(sub, "no_weight_decay", None)):
+            exempt |= {f"{prefix}.{name}" if prefix else name for name in sub.no_weight_decay()}
+    return param_groups_weight_decay(module, weight_decay, no_weight_decay_list=sorted(exempt))
+
+
+class Stepper:
+    """The optimizer and fp16's gradient scaler: what steps the weights, saved and restored as one state."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler):
+        self.optimizer, self.scaler = optimizer, scaler
+
+    def step(self, loss: torch.Tensor, params, clip_grad: float | None) -> None:
+        """Backward and step: with fp16 the loss is scaled, and a step whose gradients overflowed is skipped
+        (the scale is lowered instead)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+
+
 @dataclass
 class Fit:
     """One training run. `module(images, labels)` returns the loss; its trainable parameters are
@@ -307,10 +470,11 @@ def fit(job: Fit, train_loader: DataLoader, out: str | Path, rt: Runtime, seed: 
 def _fit(job: Fit, train_loader: DataLoader, out: Path, rt: Runtime, seed: int, progress: bool,
          fingerprint: dict | None, inputs: dict | None = None) -> None:
     params = job.trainable()
+    groups = param_groups(job.module, job.weight_decay)
     if job.optimizer == "adamw":
-        opt = torch.optim.AdamW(params.values(), lr=job.lr, weight_decay=job.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=job.lr, weight_decay=job.weight_decay)
     elif job.optimizer == "sgd":
-        opt = torch.optim.SGD(params.values(), lr=job.lr, momentum=job.momentum, weight_decay=job.weight_decay)
+        opt = torch.optim.SGD(groups, lr=job.lr, momentum=job.momentum, weight_decay=job.weight_decay)
     else:
         raise ValueError(f"unknown optimizer {job.optimizer!r}; expected 'adamw' or 'sgd'")
     if job.schedule not in ("cosine", "poly"):
@@ -335,6 +499,9 @@ def _fit(job: Fit, train_loader: DataLoader, out: Path, rt: Runtime, seed: int, 
         stamp["fit"].update(schedule=job.schedule, poly_power=job.poly_power)
     if job.max_steps is not None:
         stamp["fit"]["max_steps"] = total
+    if rt.precision != "off":
+        stamp["fit"]["precision"] = rt.precision
+    stepper = Stepper(opt, rt.scaler())
 
     def lr_at(step: int) -> float:
         if step < warm:
@@ -351,7 +518,7 @@ def _fit(job: Fit, train_loader: DataLoader, out: Path, rt: Runtime, seed: int, 
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(st["trainable"][k])
-        opt.load_state_dict(st["optimizer"])
+        stepper.load_state_dict(st["optimizer"])
         start = int(st["epoch"])
         if rt.main:
             print(f"[tocom] resuming {out.name} after epoch {start}/{job.epochs}", file=sys.stderr, flush=True)
@@ -364,13 +531,11 @@ def _fit(job: Fit, train_loader: DataLoader, out: Path, rt: Runtime, seed: int, 
     for epoch in range(start, job.epochs):
         # Everything random depends only on (seed, epoch), so a resumed run sees the same batches,
         # the same sampled degrees, the same dropout and the same augmentations as an uninterrupted
-        # one: torch's RNG (degrees, dropout, stochastic depth, torchvision transforms), numpy's (timm's
-        # Mixup/CutMix) and Python's (timm's RandAugment) when the main process loads the data; loader
-        # workers are seeded from the loader's generator.
-        if isinstance(train_loader.sampler, DistributedSampler):
+        # one: the order and every item's augmentation come from the sampler (`EpochOrder`, per-item
+        # seeds), the model's draws from torch's RNG (degrees, dropout, stochastic depth) and numpy's
+        # (timm's Mixup/CutMix), reseeded here.
+        if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
-        if train_loader.generator is not None:
-            train_loader.generator.manual_seed(seed * 1000 + epoch)
         torch.manual_seed(seed * 1000 + epoch + 1)
         np.random.seed((seed * 1000 + epoch + 1) % 2**32)
         random.seed(seed * 1000 + epoch + 1)
@@ -388,18 +553,14 @@ def _fit(job: Fit, train_loader: DataLoader, out: Path, rt: Runtime, seed: int, 
                 loss = net(images, labels)
             if not torch.isfinite(loss):
                 raise TocomError(f"{job.desc}: loss became {loss.item()} at step {step}; lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if job.clip_grad:
-                torch.nn.utils.clip_grad_norm_(params.values(), job.clip_grad)
-            opt.step()
+            stepper.step(loss, list(params.values()), job.clip_grad)
             step += 1
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr_at(step - 1):.2e}")
         if rt.main:   # one line per epoch, so logs of --quiet runs still tell how training went
             print(f"[tocom] {job.desc} epoch {epoch + 1}/{job.epochs}: loss {sum(losses) / max(1, len(losses)):.4g}, "
                   f"lr {lr_at(step - 1):.2e}, {time.time() - started:.0f}s", file=sys.stderr, flush=True)
-            _save_resume(out, params, opt, epoch + 1, stamp)
+            _save_resume(out, params, stepper, epoch + 1, stamp)
         barrier(rt)
 
 
@@ -428,7 +589,7 @@ def accuracy(model: torch.nn.Module, data: DataLoader, rt: Runtime, progress: bo
     correct = torch.zeros((), dtype=torch.long, device=rt.device)
     seen = torch.zeros((), dtype=torch.long, device=rt.device)
     for images, labels in tqdm(data, desc=desc, disable=not (progress and rt.main), leave=False):
-        images, labels = images.to(rt.device), labels.to(rt.device)
+        images, labels = images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
         with rt.autocast():
             logits = model(images)
         correct += (logits.argmax(-1) == labels).sum()

@@ -205,7 +205,7 @@ def teacher_outputs(model: nn.Module, dataset, out: str | Path, s: DistillSettin
     patch(model, s.method)
     if s.r_max > max_r(model) or s.r_max % s.r_step:
         raise TocomError(f"r_max={s.r_max} with r_step={s.r_step} does not fit the backbone (max r = {max_r(model)})")
-    device = runtime(run.device, run.amp).device
+    device = runtime(run.device, run.precision).device
     model.to(device).eval()
     rows = []
     for images, _ in DataLoader(dataset, batch_size=s.batch_size, shuffle=False):    # every image, in order
@@ -259,7 +259,7 @@ def distill(model: nn.Module, train_set, out: str | Path, s: DistillSettings | N
     if s.r_max % s.r_step:
         raise TocomError(f"r_step={s.r_step} does not divide r_max={s.r_max}; the plugin's degrees are multiples "
                          "of its step up to r_max")
-    rt = rt or runtime(run.device, run.amp)
+    rt = rt or runtime(run.device, run.precision)
     seed_everything(run.seed)
     plugin = ToCom.for_model(model, r_max=s.r_max, rank=s.rank, variant=s.variant, r_step=s.r_step)
     set_drop_path(model, s.drop_path)
@@ -278,8 +278,8 @@ def distill(model: nn.Module, train_set, out: str | Path, s: DistillSettings | N
     fingerprint = {**s.fingerprint(), "seed": run.seed, **(record or {})}
     lineage = {**(lineage or {}), "data": data_entry(train_set)}
     data = Indexed(train_set) if once else train_set
-    fit(job, loader(data, s.batch_size, rt, train=True, seed=run.seed, workers=run.workers), out, rt, run.seed,
-        not run.quiet, fingerprint=fingerprint, inputs=comparable(lineage))
+    fit(job, loader(data, s.batch_size, rt, train=True, seed=run.seed, workers=run.workers, repeats=s.repeated_aug),
+        out, rt, run.seed, not run.quiet, fingerprint=fingerprint, inputs=comparable(lineage))
     set_drop_path(model, 0.0)
     info = {"settings": s.asdict(), "train_scale": s.scale, "seed": run.seed, **(record or {}), "lineage": lineage}
     finish(Path(out), rt, lambda: plugin.save(out, extra=info), record=info)

@@ -96,7 +96,7 @@ def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence
             raise TocomError(f"plugin targets {label}={','.join(map(str, own))}: name a plugin given with --plugin "
                              f"({', '.join(plugins or {}) or 'none'}) and targets among --targets "
                              f"({', '.join(map(str, targets))})")
-    rt = runtime(run.device, run.amp)
+    rt = runtime(run.device, run.precision)
     models = {"final": (model, meta)}
     eval_splits = {name: ("final", ds) for name, ds in splits.items()}
     select = s.select_split
@@ -116,7 +116,8 @@ def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence
     check_selection(models[eval_splits[select][0]][1], select, f"the {eval_splits[select][0]} model")
     for m, _ in models.values():
         m.to(rt.device).eval()
-    loaders = {name: (which, loader(ds, s.batch_size, rt, train=False, seed=run.seed))
+    loaders = {name: (which, loader(ds, s.batch_size, rt, train=False, seed=run.seed,
+                                             workers=run.workers))
                for name, (which, ds) in eval_splits.items()}
 
     def measure(split, target, variant, scale):
@@ -150,7 +151,7 @@ def transfer(model_b: nn.Module, meta_b: dict, high_a: dict, low_a: dict, test_s
     was fine-tuned at, 16 in the paper; it names the row), under `method` (`resolve_method`: default, the one
     M_0^B records, i.e. ToMe for the uncompressed r = 0 model)."""
     s, run = s or EvalSettings(), run or RunSettings()
-    rt = runtime(run.device, run.amp)
+    rt = runtime(run.device, run.precision)
     method = resolve_method(meta_b, model_b, method)
     patch(model_b, method)
     if not 0 <= target_r <= max_r(model_b):
@@ -158,7 +159,7 @@ def transfer(model_b: nn.Module, meta_b: dict, high_a: dict, low_a: dict, test_s
     check_classes(model_b, test_set, "model B")
     set_r(model_b, target_r)
     model_b.to(rt.device).eval()
-    data = loader(test_set, s.batch_size, rt, train=False, seed=run.seed)
+    data = loader(test_set, s.batch_size, rt, train=False, seed=run.seed, workers=run.workers)
     seed, progress = run.seed, not run.quiet
     rows = []
     plain = {k: v.clone() for k, v in model_b.state_dict().items()}
@@ -187,11 +188,12 @@ def score(model: nn.Module, meta: dict, data, s: EvalSettings, run: RunSettings,
     compares candidates by: the split, dataset, source r and backbone (`lineage['backbone']`)."""
     check_classes(model, data, "the model")
     check_selection(meta, data.split, "the model")
-    rt = runtime(run.device, run.amp)
+    rt = runtime(run.device, run.precision)
     patch(model, resolve_method(meta, model))
     set_r(model, int(meta.get("source_r", 0)))
     model.to(rt.device).eval()
-    top1, n = accuracy(model, loader(data, s.batch_size, rt, train=False, seed=run.seed), rt, not run.quiet)
+    top1, n = accuracy(model, loader(data, s.batch_size, rt, train=False, seed=run.seed, workers=run.workers), rt,
+                       not run.quiet)
     result = {"top1": top1, "n": n, "split": data.split, "dataset": meta.get("dataset"),
               "source_r": meta.get("source_r"), "settings": meta.get("settings", {}),
               "backbone": (lineage or {}).get("backbone"), "lineage": {**(lineage or {}), "data": data_entry(data)}}

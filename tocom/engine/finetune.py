@@ -65,7 +65,7 @@ def train_classifier(model: nn.Module, train_set, out: str | Path, meta: dict,
         raise TocomError(f"r={r} exceeds what the backbone carries (max r = {max_r(model)} for "
                          f"{model.patch_embed.num_patches} patch tokens over {len(model.blocks)} blocks)")
     set_r(model, r)
-    rt = rt or runtime(run.device, run.amp)
+    rt = rt or runtime(run.device, run.precision)
     seed_everything(run.seed)
     set_drop_path(model, s.drop_path)
     if mode != "full":
@@ -73,7 +73,8 @@ def train_classifier(model: nn.Module, train_set, out: str | Path, meta: dict,
             p.requires_grad_(False)
         if mode == "adaptformer":
             add_adapters(model, s.adapter_dim, s.adapter_scale)
-        for p in model.get_classifier().parameters():
+        # What the pre-trained checkpoint lacks trains (AdaptFormer's rule): the head and, on MAE, its fresh fc_norm
+        for p in [*model.get_classifier().parameters(), *getattr(model, "fc_norm", nn.Identity()).parameters()]:
             p.requires_grad_(True)
     model.to(rt.device)
     job = Fit(Classification(model, s.label_smoothing, s.mixup, s.cutmix),
@@ -81,7 +82,8 @@ def train_classifier(model: nn.Module, train_set, out: str | Path, meta: dict,
               min_lr=s.min_lr, desc=f"train r={r}")
     fingerprint = {**s.fingerprint(), "method": method, "r": r, "seed": run.seed, **meta}
     lineage = {**(lineage or {}), "data": data_entry(train_set)}
-    fit(job, loader(train_set, s.batch_size, rt, train=True, seed=run.seed, workers=run.workers), out, rt, run.seed,
+    fit(job, loader(train_set, s.batch_size, rt, train=True, seed=run.seed, workers=run.workers,
+                    repeats=s.repeated_aug), out, rt, run.seed,
         not run.quiet, fingerprint=fingerprint, inputs=comparable(lineage))
     meta = {**meta, "lineage": lineage, "num_classes": model.num_classes, "method": method, "source_r": r, "mode": mode,
             "split": s.split, "settings": {"stage": s.stage, **s.asdict()},

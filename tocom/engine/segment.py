@@ -8,7 +8,7 @@ Whole model trained; the encoder starts from the (ImageNet) backbone checkpoint.
 `common.fit` loop as the classification engines, with a per-pixel cross-entropy as the loss and SGD /
 poly / a step budget as the recipe, so it resumes after a kill from the last finished epoch (state
 from other settings is discarded with one line), holds `<out>.lock` against a second writer, trains
-under DDP when launched by torchrun and in bf16 autocast on CUDA when AMP is on.
+under DDP when launched by torchrun and under autocast at the run's precision (`RunSettings.precision`).
 
 `segment_evaluate`: single-scale mIoU at every target r, plain and with each ToCom plugin (applied to
 the encoder, merged into W_q/W_v), the plugin's s chosen per target on a held-out split the model
@@ -40,7 +40,7 @@ from ..models import check_header_values
 from ..plugin import ToCom
 from ..segment import TABLE11_ATTENTION_MATMULS, MeanIoU, create_segmenter, segmenter_flops
 from ..settings import EvalSettings, RunSettings, SegmentSettings, splits_overlap
-from .common import Fit, Runtime, evaluate_targets, finish, fit, loader, runtime, seed_everything
+from .common import Fit, Runtime, evaluate_targets, finish, fit, loader, loading, runtime, seed_everything
 
 METHOD = "tome_ffn"
 HEADER = "tocom_segmenter"
@@ -119,7 +119,7 @@ def segment_finetune(model: nn.Module, train_set, out: str | Path, r: int = 0, s
     if not 0 <= r <= max_r(model):
         raise TocomError(f"source r {r} is outside what the encoder carries (0..{max_r(model)} with tome_ffn)")
     set_r(model, r)
-    rt = rt or runtime(run.device, run.amp)
+    rt = rt or runtime(run.device, run.precision)
     seed_everything(run.seed)
     model.to(rt.device).train()
     data = loader(train_set, s.batch_size, rt, train=True, seed=run.seed, workers=run.workers)
@@ -147,7 +147,7 @@ def miou(model: nn.Module, data, num_classes: int, ignore_index: int = 255, devi
     metric = MeanIoU(num_classes, ignore_index)
     n = 0
     for images, labels in data:
-        images = images.to(device) if device is not None else images
+        images = images.to(device, non_blocking=True) if device is not None else images
         logits = model.inference(images)
         if logits.shape[-2:] != labels.shape[-2:]:
             logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
@@ -157,12 +157,13 @@ def miou(model: nn.Module, data, num_classes: int, ignore_index: int = 255, devi
     return {"miou": 100.0 * out["miou"], "pixel_acc": 100.0 * out["pixel_acc"], "n": n}
 
 
-def _seg_loader(ds, batch_size: int):
+def _seg_loader(ds, batch_size: int, rt: Runtime, workers: int = 0):
+    """Every image in order, unsharded (mIoU is not reduced over ranks); one at a time when sizes vary."""
     from ..data.segmentation import collate_segmentation
 
     fixed = getattr(ds.joint_transform(), "kind", "fixed") == "fixed"
     return torch.utils.data.DataLoader(ds, batch_size=batch_size if fixed else 1, shuffle=False,
-                                       collate_fn=collate_segmentation)
+                                       collate_fn=collate_segmentation, **loading(rt, workers))
 
 
 def segment_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence[int],
@@ -191,9 +192,9 @@ def segment_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequen
         if getattr(ds, "num_classes", n_cls) != n_cls:
             raise TocomError(f"the model has {n_cls} classes but {ds.name} has {ds.num_classes}; evaluate it on the "
                              "dataset it was fine-tuned on")
-    rt = runtime(run.device, run.amp)
+    rt = runtime(run.device, run.precision)
     model.to(rt.device).eval()
-    loaders = {name: _seg_loader(ds, s.batch_size) for name, ds in splits.items()}
+    loaders = {name: _seg_loader(ds, s.batch_size, rt, run.workers) for name, ds in splits.items()}
     ignore = int((meta.get("settings") or {}).get("ignore_index", 255))
     gflops = {t: segmenter_flops(model, t, attention_matmuls=TABLE11_ATTENTION_MATMULS)["gflops"] for t in targets}
 

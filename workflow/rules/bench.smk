@@ -6,8 +6,10 @@ from tocom.settings import PLUGIN_CHECK
 def bench_flags(wc):
     b = next(b for b in config["bench"] if b["backbone"] == wc.backbone and b["method"] == wc.method)
     mode = dict(mode="infer", plugin_check=True) if wc.mode == PLUGIN_CHECK else dict(mode=wc.mode)
+    precision = None if wc.mode == PLUGIN_CHECK else config.get("precision")    # the plugin check is float32
     return " ".join([flags(model=config["backbones"][wc.backbone]["timm"], method=wc.method, r=b["r"], **mode,
-                           device=config.get("device"), threads=threads("bench")), GRID.bench_settings(b).cli_args()])
+                           device=config.get("device"), precision=precision, threads=threads("bench")),
+                     GRID.bench_settings(b).cli_args()])
 
 
 rule bench:

@@ -6,7 +6,7 @@ import sys
 
 from tocom import layout
 from tocom.errors import TocomError
-from tocom.experiments import Grid, validate_config
+from tocom.experiments import Grid, job_processes, job_workers, validate_config
 from tocom.settings import RunSettings
 
 try:
@@ -46,10 +46,13 @@ wildcard_constraints:
 
 
 def launch(kind, recipe=None):
-    """The tocom command for a job; several GPUs per job run it under torchrun (DDP)."""
-    gpus = GRID.resources_of(kind, recipe).get("gpus", 0)
-    if gpus > 1:
-        return f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node {gpus} -m tocom.cli"
+    """The tocom command for a job; several processes (one per GPU, or `processes` on CPU) run it under
+    torchrun (DDP), each with its share of the job's CPUs as torch threads."""
+    r = GRID.resources_of(kind, recipe)
+    nproc = job_processes(r)
+    if nproc > 1:
+        return (f"env OMP_NUM_THREADS={max(1, r.get('cpus', 1) // nproc)} {sys.executable} -m torch.distributed.run "
+                f"--standalone --nproc-per-node {nproc} -m tocom.cli")
     return f"{sys.executable} -m tocom.cli"
 
 
@@ -94,9 +97,11 @@ def flags(**kw):
     return " ".join(parts)
 
 
-def common_flags(dataset, seed):
-    """Data root and how the step runs (RunSettings): never what it computes."""
-    run = RunSettings(seed=seed, device=config.get("device"), quiet=True)
+def common_flags(dataset, seed, kind, recipe=None):
+    """Data root and how the step runs (RunSettings): the seed, the config's device and precision, and the loader
+    workers of the job's `resources` entry (`kind`, or its recipe's own)."""
+    run = RunSettings(seed=seed, device=config.get("device"), precision=config.get("precision", "auto"),
+                      workers=job_workers(GRID.resources_of(kind, recipe)), quiet=True)
     return flags(data_root=GRID.data_root(dataset) if dataset else None) + " " + run.cli_args()
 
 

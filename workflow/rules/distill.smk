@@ -6,7 +6,7 @@ def distill_flags(wc, variant=None):
     dataset, s = GRID.distill_settings(wc.backbone, variant or wc.variant)
     s = s.replace(method=wc.method)
     return " ".join([backbone_flags(wc.backbone), flags(dataset=dataset), s.cli_args(),
-                     common_flags(dataset, config["seeds"][0])])
+                     common_flags(dataset, config["seeds"][0], "distill")])
 
 
 def teacher_input(wc):

@@ -25,7 +25,7 @@ def eval_flags(wc):
               plugin_targets=[f"{v}={','.join(map(str, t))}" for v, t in fewer.items()] or None,
               select_checkpoint=(eval_selector(wc) or [None])[0]),
         GRID.eval_settings.cli_args(),
-        common_flags(ev.finetune.dataset, ev.finetune.seed),
+        common_flags(ev.finetune.dataset, ev.finetune.seed, "eval"),
     ])
 
 

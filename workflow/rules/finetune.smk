@@ -11,7 +11,7 @@ def finetune_flags(run):
         backbone_flags(run.backbone),
         flags(dataset=run.dataset, method=run.method, r=run.source),
         s.cli_args(),
-        common_flags(run.dataset, run.seed),
+        common_flags(run.dataset, run.seed, "finetune", run.recipe),
     ])
 
 

@@ -4,7 +4,7 @@
 def pretrain_flags(wc):
     dataset, s = GRID.pretrain_settings(wc.backbone)
     return " ".join([flags(backbone=config["backbones"][wc.backbone]["timm"], dataset=dataset), s.cli_args(),
-                     common_flags(dataset, config["seeds"][0])])
+                     common_flags(dataset, config["seeds"][0], "pretrain")])
 
 
 rule pretrain_backbone:

@@ -20,7 +20,7 @@ def segment_plugins(wc):
 def segment_finetune_flags(wc):
     run = segment_run(wc)
     return " ".join([backbone_flags(run.backbone), flags(dataset=run.dataset, r=run.source),
-                     GRID.segment_settings().cli_args(), common_flags(run.dataset, run.seed)])
+                     GRID.segment_settings().cli_args(), common_flags(run.dataset, run.seed, SEG_RES)])
 
 
 def segment_eval_flags(wc):
@@ -29,7 +29,7 @@ def segment_eval_flags(wc):
     return " ".join([flags(targets=sorted(int(t) for t in seg["targets"]),
                            plugin=[f"{v}={p}" for v, p in segment_plugins(wc).items()]),
                      GRID.eval_settings.replace(**(seg.get("evaluate") or {})).cli_args(),
-                     common_flags(run.dataset, run.seed)])
+                     common_flags(run.dataset, run.seed, "eval")])
 
 
 rule segment_finetune:

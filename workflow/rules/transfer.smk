@@ -25,7 +25,7 @@ rule transfer:
         launch=launch("eval"),
         args=lambda wc: " ".join([flags(method=wc.method, target_r=transfer_run(wc).target_r),
                                   GRID.eval_settings.cli_args(),
-                                  common_flags(layout.dataset_name(wc.b), int(wc.seed))]),
+                                  common_flags(layout.dataset_name(wc.b), int(wc.seed), "eval")]),
     threads: threads("eval")
     resources:
         **res("eval"),

@@ -26,7 +26,8 @@ This script writes, under FOLDER:
                  names, plus DeiT-B/384 (`deit_base_patch16_384`), which tests/test_paper_smoke.py runs patched.
 - <name>_smoke.yaml  the config loaded and overridden (`derive_config`): never a copy of its values.
                  The first seed; every training step is one optimisation step on N images, searches keep 2 candidates,
-                 the s grid 2 scales, and the studies one job per rule type; the backbones, recipes
+                 the s grid 2 scales, and the studies one job per rule type; every job has 1 CPU and 1 loader
+                 worker, the distillation runs as 2 DDP processes (gloo, torchrun); the backbones, recipes
                  (RandAugment, mixup/cutmix, drop-path, label smoothing, AdaptFormer, feature distillation
                  for MAE), r_max 16, the degrees 0 and 16, the report section and the DAG stay the paper's.
                  A `segmentation` section (Table 11) keeps one Segmenter, one iteration on SEG_N crops.
@@ -52,6 +53,8 @@ NAME = "paper_smoke"        # the derived name of config/paper.yaml (`smoke_name
 N = 4                       # images per training step: batch_size = limit, so one step per epoch
 SEED = 0
 SEG_N = 2                   # segmentation images per step and per evaluated split (512 px crops: the costly jobs)
+WORKERS = 1                 # loader workers per process of every job
+DDP_PROCESSES = 2           # the distillation's DDP ranks (gloo): each takes N / 2 images of the step
 
 #: Always written, used by config/paper.yaml or not: the 384 px DeiT-B (tests/test_paper_smoke.py runs it).
 EXTRA_BACKBONES = ("deit_base_patch16_384",)
@@ -360,8 +363,11 @@ def derive_config(paper: dict, folder: str | Path) -> dict:
     ev["limit"] = N
     grid_scale = ev.get("grid_scale", 0.1)
     ev["scales"] = sorted({ev["scales"][0], grid_scale}) if ev["scales"][0] != grid_scale else ev["scales"][:2]
+    # One CPU per job, but the GPU jobs' machinery all the same: one loader worker per process, and the
+    # distillation (8 GPUs in the paper) as 2 DDP processes under torchrun (gloo).
     for r in cfg["resources"].values():
-        r.update(cpus=1, gpus=0)
+        r.update(cpus=1, gpus=0, workers=WORKERS)
+    cfg["resources"]["distill"]["processes"] = DDP_PROCESSES
 
     # Studies: report.main's backbone/method keeps one set per recipe (CIFAR, FGVC, VTAB-1k, the last with
     # the ablation variants folded in), every other study its first set. One dataset per set (VTAB-1k sets
