@@ -10,8 +10,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "tocom"
 
 #: Layers, lowest first: a module imports its own unit (tocom/<unit>.py or tocom/<unit>/) and lower ranks only.
-RANK = {"errors": 0, "tocom": 1, "io": 1, "settings": 1, "adapters": 1, "layout": 2, "lineage": 2, "compress": 2,
-        "models": 2, "plugin": 3, "segment": 3, "data": 3, "engine": 4, "search": 4, "experiments": 5, "cli": 6}
+RANK = {"errors": 0, "gpus": 0.5, "tocom": 1, "io": 1, "settings": 1, "adapters": 1, "layout": 2, "lineage": 2,
+        "compress": 2, "models": 2, "plugin": 3, "segment": 3, "data": 3, "engine": 4, "search": 4, "experiments": 5, "cli": 6}
 ENGINE_SHARED = "tocom.engine.common"
 
 

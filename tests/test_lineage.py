@@ -321,7 +321,7 @@ def _score(tmp_path, name, **change):
 @pytest.mark.parametrize("change, needle", [
     ({"split": "test"}, "nothing is ever chosen on the test split"),
     ({"top1": float("nan")}, "top1=nan, not a finite number"),
-    ({"top1": "99"}, "top1='99', not a finite number"),
+    ({"top1": "99"}, "its top1 '99' is not what a search score holds"),
     ({"dataset": "synth/shapes"}, "different datasets"),
     ({"backbone": {"kind": "file", "name": BACKBONE, "sha256": "b" * 64}}, "different backbones"),
 ])

@@ -194,6 +194,8 @@ def test_paper_dry_run_commands_carry_workers_from_the_jobs_cpus(tmp_path):
     kind = {"distill": "distill", "finetune": "finetune", "evaluate": "eval", "transfer": "eval",
             "segment-finetune": PAPER["resources"].get("segment") and "segment" or "finetune",
             "segment-evaluate": "eval"}
+    grid = Grid(PAPER, check_files=False, check_geometry=False)
+    recipe_of = {run.dataset: run.recipe for run in grid.finetunes.values()}
     seen = set()
     for line in commands:
         step = re.search(r"-m tocom\.cli (\S+)", line)[1]
@@ -201,7 +203,9 @@ def test_paper_dry_run_commands_carry_workers_from_the_jobs_cpus(tmp_path):
             continue
         seen.add(step)
         workers = re.findall(r"--workers (\d+)", line)
-        expected = job_workers(PAPER["resources"][kind[step]])
+        dataset = re.search(r"--dataset (\S+)", line)
+        recipe = recipe_of.get(dataset[1]) if step == "finetune" and dataset else None   # e.g. CIFAR-100's 8 GPUs
+        expected = job_workers(grid.resources_of(kind[step], recipe))
         assert workers == [str(expected)] and expected >= 1, line[:300]
         assert "--precision fp16" in line, line[:300]
         if step == "distill":

@@ -133,7 +133,7 @@ def test_config_validates_and_expands_to_one_job_per_rule_type(smoke, config):
 def test_config_keeps_the_papers_recipes_and_report(config):
     """Everything but the size of the run is config/paper.yaml's: the recipes (RandAugment comes with the
     datasets' transform; mixup, cutmix, drop-path, label smoothing, AdaptFormer), distillation, r_max, report."""
-    resized = {"epochs", "batch_size", "limit", "search"}
+    resized = {"epochs", "batch_size", "limit", "search", "min_lr"}     # min_lr: 0 under a batch-scaled lr
     for name, recipe in PAPER["recipes"].items():
         assert {k: v for k, v in recipe.items() if k not in resized} == \
             {k: v for k, v in config["recipes"][name].items() if k not in resized}, name
@@ -238,7 +238,8 @@ def test_dry_run_has_every_rule_type_of_the_paper_dag(smoke, tmp_path):
                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     counts = {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", res.stdout, re.M) if k != "total"}
-    assert set(counts) == (rules - {"pretrain_backbone", "make_task"}) | {"all"}   # no pretraining, no generated tasks
+    # no pretraining, no generated tasks, and no teacher outputs computed once (the paper's distillation augments)
+    assert set(counts) == (rules - {"pretrain_backbone", "make_task", "teacher_outputs"}) | {"all"}
     assert {k: counts[k] for k in JOBS} == JOBS
     assert all(n == 1 for k, n in counts.items() if k not in JOBS)    # every report item once
 
@@ -273,7 +274,7 @@ def test_gpu_config_derives_validates_and_expands(gpu_smoke):
     assert sorted((e.method, e.finetune.dataset) for e in grid.evals.values()) == \
         [("evit", "cifar100"), ("tome", "cifar100"), ("tome", "vtab/caltech101")]
     assert len(grid.searches) == GPU_JOBS["search_candidate"]
-    resized = {"epochs", "batch_size", "limit", "search"}
+    resized = {"epochs", "batch_size", "limit", "search", "min_lr"}     # min_lr: 0 under a batch-scaled lr
     for name, recipe in GPU["recipes"].items():
         assert {k: v for k, v in recipe.items() if k not in resized} == \
             {k: v for k, v in config["recipes"][name].items() if k not in resized}, name

@@ -247,6 +247,9 @@ def test_link_chosen_links_the_winners_model_and_checks_its_settings(tmp_path):
     assert out.resolve() == models[1].resolve() and not list(out.parent.glob(".*.tmp"))
     with pytest.raises(TocomError, match="not among the given candidates"):
         link_chosen(chosen, [models[0], models[2]], out)
+    with pytest.raises(TocomError, match="is not a link"):                   # a file there is never replaced
+        link_chosen(chosen, [models[0], models[2], models[1]], models[2])
+    assert not models[2].is_symlink()
     write_safetensors({"w": torch.zeros(2)}, models[1], {"tocom": {"backbone": "b", "settings": {"lr": 1.0}}})
     with pytest.raises(TocomError, match="not trained with the chosen lr"):
         link_chosen(chosen, models, out)

@@ -962,8 +962,11 @@ def test_text_claims_get_verdicts_from_planted_results(tmp_path):
         verdict(df, "(h)", "ToCom − CLS loss (`cls`), mean over 16 → 0")
     assert up.verdict == "holds" and abs(up["mean"]) < 0.5
     assert down.verdict == "holds" and down["mean"] == pytest.approx(1.5, abs=0.3)
-    i = verdict(df, "(i)")
-    assert i.verdict == "holds" and i["mean"] == pytest.approx(-5.0, abs=0.3) and i.n_pairs == 6
+    i = verdict(df, "(i)")      # 6 pairs: the smallest Wilcoxon p (0.031) does not survive Holm over (g)-(i)
+    assert i.verdict == "not significant" and i["mean"] == pytest.approx(-5.0, abs=0.3) and i.n_pairs == 6
+    assert i.p_wilcoxon == pytest.approx(0.03125) and "before Holm's adjustment" in i.reason
+    claims, cas = importlib.import_module("claims"), importlib.import_module("claims_at_scale")
+    assert cas.judge(claims.evit_vs_tome(ctx)).verdict == "holds"                  # judged alone, it holds
     others = df[(df.kind == "detail") & df.block.str.startswith("(i)")]
     assert len(others) == 2 and (others["mean"].abs() < 0.5).all()        # Natural, Specialized: no gap
     j = verdict(df, "(j)")
@@ -971,7 +974,7 @@ def test_text_claims_get_verdicts_from_planted_results(tmp_path):
     whole = df[(df.kind == "detail") & df.block.str.startswith("(j)")].iloc[0]
     assert whole["mean"] == pytest.approx(100 * 1179648 / 85875556)                                # 1.37 %
     md = ctx.out("claims", ".md").read_text()
-    assert "#### The text's qualitative claims: verdicts" in md and "Verdicts — **holds**" in md
+    assert "#### The text's qualitative claims: verdicts" in md and "Verdicts — (g)-(i) under the claims-at-scale item's rules" in md
 
 
 def test_text_claims_that_the_results_contradict_do_not_hold(tmp_path):
@@ -982,7 +985,9 @@ def test_text_claims_that_the_results_contradict_do_not_hold(tmp_path):
     assert f.verdict == "does not hold" and f["mean"] == pytest.approx(-2.0, abs=0.3)
     assert verdict(df, "(g)").verdict == "does not hold"         # the gain is larger going down
     assert verdict(df, "(h)", "ToCom − CLS loss (`cls`), mean over 16 → 0").verdict == "does not hold"
-    assert verdict(df, "(i)").verdict == "does not hold"
+    assert verdict(df, "(i)").verdict == "not significant"      # 6 pairs, Holm: see the test above
+    claims, cas = importlib.import_module("claims"), importlib.import_module("claims_at_scale")
+    assert cas.judge(claims.evit_vs_tome(ctx)).verdict == "does not hold"          # judged alone
     j = verdict(df, "(j)")
     assert j.verdict == "does not hold" and "1.374 % is not about 0.1 %" in j.reason
     ctx.report.pop("evit")                                       # no EViT role: said, not invented

@@ -353,7 +353,7 @@ def _configure_link_chosen(p):
 
 
 @command("link-chosen", "link the chosen search candidate's model: it is what a fine-tune on train with the "
-                        "chosen settings would retrain", reads=("chosen", "candidates"))
+                        "chosen settings would retrain")     # reads nothing it could overwrite: it only replaces its own link
 def _link_chosen(args):
     from .search import link_chosen
 

@@ -101,7 +101,7 @@ def data_entry(ds) -> dict:
     """What a dataset split is, as far as it can be told without reading every image."""
     root = getattr(ds, "root", None)
     files = getattr(ds, "split_files", ()) or ()
-    return {"dataset": ds.name, "split": ds.split, "root": os.path.realpath(root) if root else None, "n": len(ds),
+    return {"dataset": getattr(ds, "name", type(ds).__name__), "split": getattr(ds, "split", None), "root": os.path.realpath(root) if root else None, "n": len(ds),
             "files": {os.path.basename(f): file_digest(f) for f in files}}
 
 

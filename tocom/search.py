@@ -131,6 +131,8 @@ def link_chosen(result: str | Path, models: list[str | Path], out: str | Path) -
     if wrong:
         raise TocomError(f"{model} was not trained with the chosen {', '.join(wrong)} ({result}); rerun the search")
     out = Path(out)
+    if os.path.lexists(out) and not out.is_symlink():      # a link replaces a link, never a file it did not write
+        raise TocomError(f"--out {out} exists and is not a link; link-chosen writes a symlink: name another path")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)

@@ -319,6 +319,14 @@ def _one_step(values: dict, always: bool) -> None:
             values[key] = value
 
 
+def _floor_at_zero(values: dict, defaults) -> None:
+    """DeiT's rule scales the lr by batch / 512: at N images it falls under the cosine's floor (min_lr 1e-5), which
+    the settings refuse (the schedule would climb). The floor goes to 0 where the lr scales; one step exercises
+    no schedule."""
+    if values.get("scale_lr", defaults.scale_lr):
+        values["min_lr"] = 0.0
+
+
 def _pick_vtab(datasets: list[str], groups: dict, k: int) -> str:
     """The first dataset of VTAB group k (natural, specialized, structured, in turn) among `datasets`."""
     names = list(groups)
@@ -338,6 +346,8 @@ def smoke_name(config: dict) -> str:
 def derive_config(paper: dict, folder: str | Path) -> dict:
     """A GPU config (config/paper.yaml, config/gpu.yaml) with one job per rule type on the fixtures of `folder` (see
     the module docstring)."""
+    from tocom.settings import DistillSettings, FinetuneSettings
+
     folder = Path(folder).absolute()
     cfg = copy.deepcopy(paper)
     cfg.update(name=smoke_name(paper), device="cpu", data_root=str(folder / "data"),
@@ -349,10 +359,12 @@ def derive_config(paper: dict, folder: str | Path) -> dict:
         bb["checkpoint"] = str(folder / "checkpoints" / checkpoint_name(bb["timm"]))
         _one_step(bb.get("distill", {}), always=False)
     _one_step(cfg["distill"], always=True)
+    _floor_at_zero(cfg["distill"], DistillSettings())
     for v in (cfg.get("variants") or {}).values():
         _one_step(v, always=False)
     for recipe in cfg["recipes"].values():
         _one_step(recipe, always=True)
+        _floor_at_zero(recipe, FinetuneSettings())
         for key, values in (recipe.get("search") or {}).items():
             if isinstance(values, list):
                 recipe["search"][key] = values[:2]

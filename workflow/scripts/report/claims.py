@@ -10,7 +10,7 @@
 (d) no extra inference cost and (e) real-time degree switching: `tocom bench --plugin-check` rows of
     bench.csv (merged-plugin images/s against the plain model; `Compensation.switch` latency against
     one rank-k update). Absent rows are said to be absent, never estimated.
-Then the text's qualitative claims, each with a verdict under claims_at_scale.py's rules (VERDICT_RULES; paired
+Then the text's qualitative claims, each with a verdict under claims_at_scale.py's rules (Holm over (g)-(i); paired
 tests over (dataset, seed)):
 (f) Sec. 5.2: with ToCom the off-the-shelf model (Fig. 5 source) matches the model fine-tuned at source = target
     (ToCom at source → t minus plain t → t is not significantly negative, and above −INSENSITIVE_MAX);
@@ -29,12 +29,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from claims_at_scale import (ABSENT, FAILS, HOLDS, INSENSITIVE_MAX, NS, VERDICT_RULES, Claim, averaged_over_pairs,
-                             directional, insensitive)
+from claims_at_scale import (ABSENT, FAILS, HOLDS, INSENSITIVE_MAX, MIN_PAIRS, NS, Claim, averaged_over_pairs,
+                             directional, insensitive, judge, summary)
 from common.builders import variant_settings
 from common.ctx import GROUPS, Ctx, present, run, select
 from common.fmt import NOT_IN_GRID, fmt, fmt_p, latex, markdown_table, r_pair, short
-from common.stats import ALPHA, PAIRING, Stat, gain_of, pair_diffs, pair_test
+from common.stats import ALPHA, PAIRING, Stat, gain_of, holm, pair_diffs, pair_test
 from common.table import CSV_COLUMNS, Table
 from items import REFERENCES, Item
 from tocom import layout
@@ -221,6 +221,10 @@ H = "(h) Sec. 5.4: the CLS loss is comparable to KD where target > source, worse
 I = "(i) Sec. 5.5: EViT is far worse than ToMe, especially on Structured"
 J = "(j) Sec. 4.1: the LoRA modules are about 0.1 % of the model's parameters"
 ABOUT = (0.05, 0.15)            # % : "about 0.1 %" at one significant digit
+TEXT_RULES = (f"(g)-(i) under the claims-at-scale item's rules, Holm's family being their own tests: **holds**: in "
+              f"the paper's direction with the Holm-adjusted Wilcoxon p < {ALPHA:g}; **does not hold**: Holm p < "
+              f"{ALPHA:g} in the opposite direction; **not significant**: otherwise, and always with fewer than "
+              f"{MIN_PAIRS} pairs; (f) and (j) as the caption says.")
 
 
 def not_worse(claim: Claim, diffs: pd.Series | None, absent: str) -> Claim:
@@ -343,9 +347,23 @@ def lora_share(ctx: Ctx) -> Claim:
     return c
 
 
+def judged(claims: list[Claim]) -> list[Claim]:
+    """The verdicts of (g)-(i) under claims_at_scale's rules: Holm over their own family of tests (an
+    insensitivity claim's variants, the other claims' own test; (i)'s other groups only inform), then each."""
+    tests = [t for c in claims for t in ([d.test for d in c.details] if c.expected == "≈ 0" else [c.test])
+             if t is not None and not t["too_few"] and not math.isnan(t["p_wilcoxon"])]
+    for t, p in zip(tests, holm([t["p_wilcoxon"] for t in tests]), strict=True):
+        t["p_holm"] = p
+    for c in claims:
+        if c.expected == "≈ 0" and c.details:
+            c.test = summary(c.details)
+        judge(c)
+    return claims
+
+
 def text_claims(ctx: Ctx) -> list[Claim]:
-    return matches_source_equals_target(ctx) + [smaller_gain_going_down(ctx)] + cls_loss(ctx) \
-        + [evit_vs_tome(ctx), lora_share(ctx)]
+    return matches_source_equals_target(ctx) + judged([smaller_gain_going_down(ctx), *cls_loss(ctx),
+                                                       evit_vs_tome(ctx)]) + [lora_share(ctx)]
 
 
 def verdict_rows(claims: list[Claim]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -384,7 +402,7 @@ def make(ctx: Ctx, item: Item) -> None:
                f"when one degree step's share rounds to 0.1 % ({ABOUT[0]:g}–{ABOUT[1]:g} %).")
     absent = [f"- {c.block}: not in this run: {c.reason}." for c in claims if c.verdict == ABSENT]
     md = "\n".join([t.markdown(), "", "#### The text's qualitative claims: verdicts", "", caption, "",
-                     f"Verdicts — {VERDICT_RULES}", "", markdown_table(disp), "", *absent, ""])
+                     f"Verdicts — {TEXT_RULES}", "", markdown_table(disp), "", *absent, ""])
     write_text(md, ctx.out(item.stem, ".md"))
     write_text(latex(t.display(), f"{item.title}. {t.caption}")
                + latex(disp, f"{item.title}: verdicts. {caption}"), ctx.out(item.stem, ".tex"))

@@ -27,9 +27,10 @@ PROTOCOL = REPO / REFERENCES["protocol"]
 
 PAPER_DEGREES = {"fig5_source": "0", "fig6_source": "16", "inference": "targets 16, 12; sources 0, 4",
                  "training": "sources 16, 12; targets 0, 4", "ablation": "0 → 16, 0 → 12, 16 → 0",
-                 "other": "0 → 16, 16 → 0"}
+                 "other": "0 → 16, 16 → 0", "other_readings": "16 → 0 (inferred), or 0 → 12"}
 USES = {"fig5_source": "Figs. 5, 7 (source r)", "fig6_source": "Fig. 6 (source r)",
-        "inference": "Tables 2-3", "training": "Table 4", "ablation": "Tables 5-7", "other": "Tables 8-10, IdleViT"}
+        "inference": "Tables 2-3", "training": "Table 4", "ablation": "Tables 5-7", "other": "Tables 8-10, IdleViT",
+        "other_readings": "Tables 8-10 (a block's other reading)"}
 
 # Table 13's rows (and the text's ToCom settings) in the paper's order -> how to read ours from a stage's
 # settings (a dict field -> value). Keys the code fixes rather than a setting (optimizer, decay, augmentation,
@@ -50,6 +51,8 @@ DISTILL = "ToCom distillation"
 
 
 def degrees_text(d) -> str:
+    if isinstance(d, list) and d and isinstance(d[0][0], list):      # other_readings: [pair, its other reading]
+        return "; ".join(f"{a} → {b} or {c} → {e}" for (a, b), (c, e) in d)
     if isinstance(d, dict):
         return "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in d.items())
     if isinstance(d, list):
