@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,6 +130,10 @@ def test_outputs_record_the_digests_of_their_inputs(made, tmp_path):
     assert record["model"]["sha256"] == file_digest(made["ft0"]) and record["model"]["backbone"]["sha256"] == bb1
     assert record["plugins"]["main"]["sha256"] == file_digest(made["p1"])
     assert set(record["data"]) == {"val", "test"} and record["allowed"] == []
+    # and where each was computed: the CPU kernel class and threads decide the bytes (docs/determinism.md)
+    for made_by in (tmp_path / "eval.csv.json", Path(f"{again}.json")):
+        where = json.loads(made_by.read_text())["machine"]
+        assert where["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and where["threads"] >= 1
 
 
 def test_starting_points_of_every_kind_have_an_identity(tmp_path):

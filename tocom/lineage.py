@@ -15,8 +15,11 @@ header of a Segmenter, a plugin's `extra`, a search score file, and the `<out>.j
                 files of list-based datasets: VTAB-1k and the generated fmnist_vtab tasks)
     allowed     the checks the user overrode on purpose (`--allow-other-backbone`, `--allow-other-dataset`)
 
+A record beside an output (`<out>.json`) also says where it was computed (`machine`: torch, the CPU kernel
+class, threads, GPU), which decides its bytes (docs/determinism.md).
+
 Comparisons use content, not names (`comparable` drops paths): the same bytes elsewhere are the same input.
-Torch-free (the report and `select` use it).
+Torch-free (the report and `select` use it; `machine` imports torch when called).
 """
 from __future__ import annotations
 
@@ -114,9 +117,19 @@ def comparable(entry):
     return entry
 
 
+def machine() -> dict:
+    """Where an output was computed: on CPU the bytes depend on the kernel class torch picked and the thread
+    count (docs/determinism.md), so a record says which ran, for whoever compares two runs' digests."""
+    import torch
+
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
 def write_record(out, record: dict) -> None:
     """The record of a CSV output, beside it as `<out>.json` (as `finish` writes a model's)."""
-    write_json(record, f"{out}.json")
+    write_json({**record, "machine": machine()}, f"{out}.json")
 
 
 # ---- the checks -----------------------------------------------------------------------------------------------

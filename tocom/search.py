@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .errors import TocomError
 from .io import write_json
+from .layout import SCORE
 from .lineage import describe, file_entry, same_backbone
 from .settings import SEARCHABLE, check_choosing_split
 
@@ -119,7 +120,7 @@ def link_chosen(result: str | Path, models: list[str | Path], out: str | Path) -
         winner = candidates[best([float(c["top1"]) for c in candidates])]["path"]
     except (KeyError, TypeError, ValueError, IndexError):
         raise TocomError(f"{result} lists no scored candidates; rerun the search (`tocom select`)") from None
-    by_score = {os.path.abspath(f"{m}.score.json"): Path(m) for m in models}
+    by_score = {os.path.abspath(f"{m}{SCORE}"): Path(m) for m in models}
     model = by_score.get(os.path.abspath(winner))
     if model is None or not model.is_file():
         raise TocomError(f"{result} chose {winner}, whose model is not among the given candidates (or missing); "

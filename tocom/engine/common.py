@@ -57,6 +57,7 @@ from ..compress import set_r
 from ..errors import TocomError
 from ..io import atomic_path, write_json
 from ..layout import LOCK, RECORD, RESUME
+from ..lineage import machine
 from ..plugin import ToCom, compensate
 from ..settings import EvalSettings
 
@@ -575,7 +576,7 @@ def finish(out: Path, rt: Runtime, write: Callable[[], None], record: dict | Non
         try:
             write()
             if record is not None:
-                write_json(record, out.with_name(out.name + RECORD))
+                write_json({**record, "machine": machine()}, out.with_name(out.name + RECORD))
             shutil.rmtree(_resume_dir(out), ignore_errors=True)
         finally:
             release_output_lock(out)
