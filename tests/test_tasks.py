@@ -314,6 +314,11 @@ def test_cli_make_tasks(tmp_path, capsys):
     ref = tmp_path / "ref"
     ft.write_tasks(str(ref), TaskSettings(**SIZES), FASHION_ROOT, tasks=["small"])
     assert tree_digest(out / "small") == tree_digest(ref / "small")
+    (out / "season").mkdir()          # an empty folder (Snakemake makes its outputs' folders first) is replaced
+    assert main(["make-tasks", "--out", str(out), "--tasks", "season", "--n-train", "4", "--n-val", "2",
+                 "--n-test", "2"]) == 0
+    assert (out / "season" / ft.TASK_MARKER).is_file()
+    capsys.readouterr()
     assert main(["make-tasks", "--out", str(out), "--tasks", "colour"]) == 2
     assert main(["make-tasks", "--out", str(out), "--fashion-root", str(tmp_path / "none"), "--tasks", "small"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -116,6 +116,21 @@ def test_default_config_applies_unless_a_configfile_is_given(tmp_path):
     assert res.returncode != 0 and len(lines) == 1 and "holds no pipeline config" in lines[0], lines
 
 
+def test_the_cpu_defaults_generated_task_is_made_by_its_rule(tmp_path):
+    """make_task through Snakemake, as the CPU default runs it: Snakemake makes the task's folder before the job,
+    and the step replaces that empty folder (never a user's); a second run has nothing to do."""
+    from tocom import layout
+
+    target = layout.run_dir("cpu") + "/" + layout.path(layout.TASK_LIST, task="small",
+                                                       split_file=layout.VTAB_SPLIT_FILES["test"])
+    cpu = ("--configfile", str(REPO / "config/cpu.yaml"), "--cores", "1", "--directory", str(tmp_path))
+    res = snakemake(*cpu, target)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / target).is_file() and (tmp_path / target).with_name("tocom-task.json").is_file()
+    again = snakemake("-n", *cpu, target)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
 def test_missing_data_root_and_checkpoint_are_named(tmp_path):
     config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     res = snakemake("-n", "--configfile", str(write({**config, "data_root": str(tmp_path / "none")}, tmp_path / "p.yaml")))

@@ -270,10 +270,13 @@ def task_names(tasks) -> list[str]:
 
 
 def written_here(path: str | Path) -> bool:
-    """True when `path` is a task folder this step wrote (a real folder carrying TASK_MARKER from WRITER)."""
+    """True when `path` may be replaced: a task folder this step wrote (a real folder carrying TASK_MARKER from
+    WRITER), or an empty real folder (nothing to lose: Snakemake makes its outputs' folders before the job)."""
     path = Path(path)
     if path.is_symlink() or not path.is_dir():
         return False
+    if not any(path.iterdir()):
+        return True
     try:
         return json.loads((path / TASK_MARKER).read_text(encoding="utf-8")).get("written_by") == WRITER
     except (OSError, ValueError, AttributeError):
@@ -310,7 +313,7 @@ def write_tasks(out_dir: str, settings: TaskSettings | None = None, fashion_root
 
     Each task is built in a fresh temporary folder beside out_dir/<task> and renamed into place when
     complete, so a crash never leaves half a task behind (the next run removes what a killed one left).
-    An existing out_dir/<task> is replaced only if this step wrote it (`written_here`); anything else of
+    An existing out_dir/<task> is replaced only if this step wrote it or it is empty (`written_here`); anything else of
     that name stops the run, before any task is written. `log(msg)` hears one line per task written.
     """
     s = settings or TaskSettings()
