@@ -269,7 +269,7 @@ def task_names(tasks) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def written_here(path: str | Path) -> bool:
+def replaceable(path: str | Path) -> bool:
     """True when `path` may be replaced: a task folder this step wrote (a real folder carrying TASK_MARKER from
     WRITER), or an empty real folder (nothing to lose: Snakemake makes its outputs' folders before the job)."""
     path = Path(path)
@@ -313,7 +313,7 @@ def write_tasks(out_dir: str, settings: TaskSettings | None = None, fashion_root
 
     Each task is built in a fresh temporary folder beside out_dir/<task> and renamed into place when
     complete, so a crash never leaves half a task behind (the next run removes what a killed one left).
-    An existing out_dir/<task> is replaced only if this step wrote it or it is empty (`written_here`); anything else of
+    An existing out_dir/<task> is replaced only if this step wrote it or it is empty (`replaceable`); anything else of
     that name stops the run, before any task is written. `log(msg)` hears one line per task written.
     """
     s = settings or TaskSettings()
@@ -323,7 +323,7 @@ def write_tasks(out_dir: str, settings: TaskSettings | None = None, fashion_root
         raise TocomError(f"{out_dir} is a file, not a folder; name a folder to write the tasks into")
     for name in names:
         final = os.path.join(out_dir, name)
-        if os.path.lexists(final) and not written_here(final):
+        if os.path.lexists(final) and not replaceable(final):
             raise TocomError(f"{final} exists and was not written by {WRITER} (no {TASK_MARKER} in it); move it "
                              "away or write the tasks elsewhere")
     images, labels = read_t10k(fashion_root)
@@ -331,7 +331,7 @@ def write_tasks(out_dir: str, settings: TaskSettings | None = None, fashion_root
     for name in names:
         start = time.perf_counter()
         final = os.path.join(out_dir, name)
-        with atomic_folder(final, may_replace=written_here) as tmp:
+        with atomic_folder(final, may_replace=replaceable) as tmp:
             _write_task(str(tmp), TASKS[name], images, labels, s.seed, sizes)
             marker = {"written_by": WRITER, "task": f"{FAMILY}/{name}", "settings": s.asdict(),
                       "fashion_root": str(fashion_root)}

@@ -30,11 +30,11 @@ from pathlib import Path
 import pandas as pd
 
 from claims_at_scale import (ABSENT, FAILS, HOLDS, INSENSITIVE_MAX, MIN_PAIRS, NS, Claim, averaged_over_pairs,
-                             directional, insensitive, judge, summary)
+                             directional, insensitive, judge_all)
 from common.builders import variant_settings
 from common.ctx import GROUPS, Ctx, present, run, select
 from common.fmt import NOT_IN_GRID, fmt, fmt_p, latex, markdown_table, r_pair, short
-from common.stats import ALPHA, PAIRING, Stat, gain_of, holm, pair_diffs, pair_test
+from common.stats import ALPHA, PAIRING, Stat, gain_of, pair_diffs, pair_test
 from common.table import CSV_COLUMNS, Table
 from items import REFERENCES, Item
 from tocom import layout
@@ -168,7 +168,7 @@ def training_cost(ctx: Ctx, t: Table) -> list[str]:
         what = (f" It distilled {int(s['settings.epochs'])} epoch(s) of {ctx.config['distill'].get('dataset')}"
                 + (f" (at most {int(s['settings.limit'])} images)" if pd.notna(s.get("settings.limit")) else "")
                 + f", batch {int(s['settings.batch_size'])}.")
-    notes.append(f"(c) One measurement (Snakemake `benchmark:` wall-clock of the job, data loading included), "
+    notes.append("(c) One measurement (Snakemake `benchmark:` wall-clock of the job, data loading included), "
                  + ("on CPU: resources.distill.gpus is 0." if not gpus else
                     "on this cluster's GPUs (their model is not recorded; the paper's are V100s).") + what)
     return notes
@@ -347,23 +347,10 @@ def lora_share(ctx: Ctx) -> Claim:
     return c
 
 
-def judged(claims: list[Claim]) -> list[Claim]:
-    """The verdicts of (g)-(i) under claims_at_scale's rules: Holm over their own family of tests (an
-    insensitivity claim's variants, the other claims' own test; (i)'s other groups only inform), then each."""
-    tests = [t for c in claims for t in ([d.test for d in c.details] if c.expected == "≈ 0" else [c.test])
-             if t is not None and not t["too_few"] and not math.isnan(t["p_wilcoxon"])]
-    for t, p in zip(tests, holm([t["p_wilcoxon"] for t in tests]), strict=True):
-        t["p_holm"] = p
-    for c in claims:
-        if c.expected == "≈ 0" and c.details:
-            c.test = summary(c.details)
-        judge(c)
-    return claims
-
-
 def text_claims(ctx: Ctx) -> list[Claim]:
-    return matches_source_equals_target(ctx) + judged([smaller_gain_going_down(ctx), *cls_loss(ctx),
-                                                       evit_vs_tome(ctx)]) + [lora_share(ctx)]
+    judged = [smaller_gain_going_down(ctx), *cls_loss(ctx), evit_vs_tome(ctx)]    # (g)-(i): their own Holm family
+    judge_all(judged)
+    return matches_source_equals_target(ctx) + judged + [lora_share(ctx)]
 
 
 def verdict_rows(claims: list[Claim]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -169,11 +169,16 @@ def judge_insensitive(claim: Claim) -> Claim:
     return claim
 
 
+def rests_on_details(c: Claim) -> bool:
+    """An insensitivity claim rests on its variants' tests; a directional claim's details only inform."""
+    return c.expected == "≈ 0" and bool(c.details)
+
+
 def family(claims: list[Claim]) -> list[dict]:
     """The tests the verdicts rest on (FAMILY), each once."""
     out = []
     for c in claims:
-        for t in ([d.test for d in c.details] if c.details else [c.test]):
+        for t in ([d.test for d in c.details] if rests_on_details(c) else [c.test]):
             if t is not None and not t["too_few"] and not math.isnan(t["p_wilcoxon"]):
                 out.append(t)
     return out
@@ -185,7 +190,7 @@ def judge_all(claims: list[Claim]) -> int:
     for t, p in zip(tests, holm([t["p_wilcoxon"] for t in tests]), strict=True):
         t["p_holm"] = p
     for c in claims:
-        if c.details:
+        if rests_on_details(c):
             c.test = summary(c.details)
         judge(c)
     return len(tests)
