@@ -45,6 +45,3 @@ def add_adapters(model: nn.Module, hidden: int = 32, scale: float = 0.1) -> nn.M
             blk.mlp = MlpWithAdapter(blk.mlp, Adapter(model.embed_dim, hidden, scale))
     return model
 
-
-def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for blk in model.blocks if isinstance(blk.mlp, MlpWithAdapter) for p in blk.mlp.adapter.parameters()]

@@ -5,8 +5,6 @@
 # Usage: bash run_cli.sh [setting-name ...]
 set -eu
 cd "$(dirname "$0")"
-PY=${PY:-python}   # the project virtualenv's python
-[ -n "${TOCOM_SRC:-}" ] && export PYTHONPATH=$TOCOM_SRC   # optional: a frozen copy of the tocom package
 source settings.sh
 O=out/cli; mkdir -p $O
 T="$PY -m tocom.cli"

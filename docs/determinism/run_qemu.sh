@@ -4,8 +4,6 @@
 # Usage: bash run_qemu.sh QEMU_CPU STEPS setting-name ...      (QEMU 7.2 TCG has AVX2 but no AVX-512)
 set -eu
 cd "$(dirname "$0")"
-PY=${PY:-python}   # the project virtualenv's python
-[ -n "${TOCOM_SRC:-}" ] && export PYTHONPATH=$TOCOM_SRC   # optional: a frozen copy of the tocom package
 source settings.sh
 cpu=$1; steps=$2; shift 2
 for s in "${SETTINGS[@]}"; do

@@ -3,8 +3,6 @@
 # Usage: bash run_steps.sh STEPS THREADS [setting-name ...]   -> lines on stdout
 set -eu
 cd "$(dirname "$0")"
-PY=${PY:-python}   # the project virtualenv's python
-[ -n "${TOCOM_SRC:-}" ] && export PYTHONPATH=$TOCOM_SRC   # optional: a frozen copy of the tocom package
 source settings.sh
 steps=$1; threads=$2; shift 2
 for s in "${SETTINGS[@]}"; do

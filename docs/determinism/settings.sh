@@ -1,4 +1,8 @@
-# name|environment (space-separated VAR=value; empty = unpinned). Sourced by the runners.
+# Sourced by the runners: the python they use, and the settings they compare.
+PY=${PY:-python}   # the project virtualenv's python
+[ -n "${TOCOM_SRC:-}" ] && export PYTHONPATH=$TOCOM_SRC   # optional: a frozen copy of the tocom package
+
+# name|environment (space-separated VAR=value; empty = unpinned).
 SETTINGS=(
 "unpinned|"
 "aten_avx2|ATEN_CPU_CAPABILITY=avx2"

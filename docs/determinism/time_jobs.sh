@@ -4,8 +4,6 @@
 # Output lines: round setting wall_s user_s sys_s load1_before load1_after
 set -eu
 cd "$(dirname "$0")"
-PY=${PY:-python}   # the project virtualenv's python
-[ -n "${TOCOM_SRC:-}" ] && export PYTHONPATH=$TOCOM_SRC   # optional: a frozen copy of the tocom package
 source settings.sh
 job=$1; rounds=$2; shift 2
 O=out/timing; mkdir -p $O
