@@ -421,6 +421,7 @@ def test_deit_b384_distill_finetune_evaluate(smoke, tmp_path):
     steps = [
         ["distill", "--backbone", "deit_base_patch16_384", "--checkpoint", str(ckpt), "--dataset", "imagenet",
          "--data-root", str(data / "imagenet"), "--limit", n, "--batch-size", n, "--epochs", "1", "--r-max", "16",
+         "--min-lr", "0",     # DeiT's lr x batch / 512 at this batch is below the default floor (refused)
          "--out", str(tmp_path / "plugin.safetensors")],
         ["finetune", "--backbone", "deit_base_patch16_384", "--checkpoint", str(ckpt), "--dataset", "vtab/dtd",
          "--data-root", str(data / "vtab-1k"), "--mode", "adaptformer", "--split", "train", "--limit", n,
