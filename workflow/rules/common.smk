@@ -4,12 +4,35 @@
 import shlex
 import sys
 
+import yaml
+
 from tocom import layout
 from tocom.errors import TocomError
 from tocom.experiments import Grid, job_processes, job_workers, validate_config
 from tocom.settings import RunSettings
 
+
+def yaml_typed(value):
+    """A --config value as a config file would type it: Snakemake reads the values inside a list or mapping with
+    YAML's BaseLoader, which keeps every one a string (seeds=[3,4,5] arrives as ['3', '4', '5'])."""
+    if isinstance(value, dict):
+        return {k: yaml_typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [yaml_typed(v) for v in value]
+    return yaml.safe_load(value) if isinstance(value, str) and value else value
+
+
+def retype_overrides(override, into):
+    """Re-type, in the merged config, only what --config set (the config file's own strings stay strings)."""
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            retype_overrides(value, into[key])
+        else:
+            into[key] = yaml_typed(value)
+
+
 try:
+    retype_overrides(workflow.config_settings.config, config)
     # Jobs (SLURM or otherwise) re-parse this file: the main process has checked everything already,
     # so they skip the checks that import torch/timm or look at the file system.
     checked = workflow.is_main_process
