@@ -116,6 +116,19 @@ def test_default_config_applies_unless_a_configfile_is_given(tmp_path):
     assert res.returncode != 0 and len(lines) == 1 and "holds no pipeline config" in lines[0], lines
 
 
+def test_config_overrides_in_lists_and_mappings_are_typed_as_in_a_config_file():
+    """`--config seeds=[3,4,5]` (the disjoint-seed rerun docs/results.md quotes) runs seeds 3-5, pre-training and
+    distillation included (they take the first seed); a nested override keeps the rest of its section."""
+    res = snakemake("-n", "-p", "--config", "seeds=[3,4,5]", "distill={epochs: 2}")
+    assert res.returncode == 0, our_lines(res)[-3:]
+    out = res.stdout
+    assert all(f"_seed{s}.safetensors" in out for s in (3, 4, 5)) and "_seed0.safetensors" not in out
+    pretrain = next(line for line in out.splitlines() if "pretrain-backbone" in line)
+    distill = next(line for line in out.splitlines() if " distill " in line and "--out" in line)
+    assert "--seed 3" in pretrain and "--seed 3" in distill
+    assert "--epochs 2" in distill and "--limit 20000" in distill      # the file's other distill settings stay
+
+
 def test_the_cpu_defaults_generated_task_is_made_by_its_rule(tmp_path):
     """make_task through Snakemake, as the CPU default runs it: Snakemake makes the task's folder before the job,
     and the step replaces that empty folder (never a user's); a second run has nothing to do."""
