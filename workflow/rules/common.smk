@@ -12,23 +12,29 @@ from tocom.experiments import Grid, job_processes, job_workers, validate_config
 from tocom.settings import RunSettings
 
 
-def yaml_typed(value):
-    """A --config value as a config file would type it: Snakemake reads the values inside a list or mapping with
-    YAML's BaseLoader, which keeps every one a string (seeds=[3,4,5] arrives as ['3', '4', '5'])."""
+def yaml_typed(value, nested=False):
+    """A --config value as a config file would type it. Snakemake types a top-level value itself but reads the
+    values inside a list or mapping with YAML's BaseLoader, which keeps each one a string (seeds=[3,4,5] arrives
+    as ['3', '4', '5']); those are re-read with safe_load, and one YAML cannot read stays the string it was."""
     if isinstance(value, dict):
-        return {k: yaml_typed(v) for k, v in value.items()}
+        return {k: yaml_typed(v, True) for k, v in value.items()}
     if isinstance(value, list):
-        return [yaml_typed(v) for v in value]
-    return yaml.safe_load(value) if isinstance(value, str) and value else value
+        return [yaml_typed(v, True) for v in value]
+    if nested and isinstance(value, str) and value:
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
 
 
-def retype_overrides(override, into):
-    """Re-type, in the merged config, only what --config set (the config file's own strings stay strings)."""
+def retype_overrides(override, into, nested=False):
+    """Re-type, in the merged config, only what --config set (the config file's own values stay as they are)."""
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
-            retype_overrides(value, into[key])
+            retype_overrides(value, into[key], True)
         else:
-            into[key] = yaml_typed(value)
+            into[key] = yaml_typed(value, nested)
 
 
 try:
