@@ -39,10 +39,10 @@ from ..lineage import comparable, data_entry
 from ..models import check_header_values
 from ..plugin import ToCom
 from ..segment import TABLE11_ATTENTION_MATMULS, MeanIoU, create_segmenter, segmenter_flops
-from ..settings import EvalSettings, RunSettings, SegmentSettings, splits_overlap
+from ..settings import DENSE_METHODS, EvalSettings, RunSettings, SegmentSettings, splits_overlap
 from .common import Fit, Runtime, evaluate_targets, finish, fit, loader, loading, runtime, seed_everything
 
-METHOD = "tome_ffn"
+METHOD = DENSE_METHODS[0]   # ToMe before each FFN, unmerged after (Table 11)
 HEADER = "tocom_segmenter"
 COLUMNS = ["dataset", "backbone", "method", "source_r", "target_r", "tocom", "variant", "s", "split", "seed",
            "miou", "pixel_acc", "n", "gflops", "selected"]

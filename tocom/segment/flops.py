@@ -19,7 +19,7 @@ from typing import Sequence
 
 from torch import nn
 
-from ..compress import flops, method_of
+from ..compress import DENSE_METHODS, flops, method_of
 
 #: Table 11's convention: q kᵀ and attention · v are not counted (see above). Whatever reports a Segmenter's
 #: GFLOPs beside the paper's (`tocom segment-evaluate`'s rows, `tocom flops --head segmenter`) counts with it.
@@ -31,7 +31,7 @@ def segmenter_flops(model: nn.Module, r: int | Sequence[int] = 0, method: str | 
     """`tocom.compress.flops` of the encoder (unpatched, it is counted as tome_ffn would run it) plus the
     decoder's: `gflops` is the whole, `encoder_gflops` and `decoder_gflops` the parts."""
     encoder = model.tocom_backbone
-    out = flops(encoder, r, method or method_of(encoder) or "tome_ffn", attention_matmuls)
+    out = flops(encoder, r, method or method_of(encoder) or DENSE_METHODS[0], attention_matmuls)
     dec = model.decoder
     dec_flops = mask_transformer_flops(
         n_patch=encoder.patch_embed.num_patches, enc_dim=encoder.embed_dim, dim=dec.dim, depth=len(dec.blocks),
