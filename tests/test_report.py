@@ -1074,7 +1074,7 @@ def test_verdict_stability_simulates_a_runs_claims_with_the_reports_rules(tmp_pa
     fast, slow = vs.quick_test(d), pair_test(pd.Series(d))
     assert fast["p_wilcoxon"] == pytest.approx(slow["p_wilcoxon"]) and fast["ci"] == pytest.approx(slow["ci"])
     flips = vs.simulate([keys["2 ToCom 0 → 16"], keys["4 larger gap"]], sims=30, tau=0.0)
-    now = flips[flips.design == "Holm, 6-7 on 6 tasks (now)"].set_index("claim")
+    now = flips[flips.design == "Holm, 6-8 on 6 tasks (now)"].set_index("claim")
     assert now.loc["2 ToCom 0 → 16", "flip"] == 0 and now.loc["2 ToCom 0 → 16", "modal"] == "holds (100%)"
 
 
