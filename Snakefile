@@ -38,8 +38,5 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
-    input:
-        AGGREGATES,
-        SEGMENT_TABLE,
-        REPORT,
+    input: AGGREGATES, SEGMENT_TABLE, REPORT
     default_target: True

@@ -34,8 +34,7 @@ __all__ = ["TocomError", *sorted(_LAZY)]
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
+        globals()[name] = value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
         return value
     raise AttributeError(f"module 'tocom' has no attribute {name!r}")
 
@@ -49,8 +48,7 @@ def _register_with_timm() -> None:
     try:
         import_module(".models", __name__)
     except Exception as e:  # never let our registration break `import timm`
-        warnings.warn(f"tocom: could not register its tiny backbones with timm ({type(e).__name__}: {e})",
-                      stacklevel=2)
+        warnings.warn(f"tocom: could not register its tiny backbones with timm ({type(e).__name__}: {e})", stacklevel=2)
 
 
 class _TimmImportHook:
@@ -61,13 +59,10 @@ class _TimmImportHook:
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "timm":
             return None
-        for finder in list(sys.meta_path):
-            if getattr(finder, "_tocom_timm_hook", False) or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
+        spec = next((spec for finder in list(sys.meta_path)
+                     if not getattr(finder, "_tocom_timm_hook", False) and hasattr(finder, "find_spec")
+                     for spec in [finder.find_spec(fullname, path, target)] if spec is not None), None)
+        if spec is None:
             return None
         _remove_timm_hook()
         loader = spec.loader

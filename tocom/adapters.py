@@ -13,10 +13,7 @@ from torch import nn
 class Adapter(nn.Module):
     def __init__(self, dim: int, hidden: int = 32, scale: float = 0.1):
         super().__init__()
-        self.down = nn.Linear(dim, hidden)
-        self.act = nn.ReLU()
-        self.up = nn.Linear(hidden, dim)
-        self.scale = scale
+        self.down, self.act, self.up, self.scale = nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim), scale
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
@@ -27,8 +24,7 @@ class Adapter(nn.Module):
 class MlpWithAdapter(nn.Module):
     def __init__(self, mlp: nn.Module, adapter: Adapter):
         super().__init__()
-        self.mlp = mlp
-        self.adapter = adapter
+        self.mlp, self.adapter = mlp, adapter
 
     @property
     def fc1(self):          # FLOP counting and other code read the MLP's shape through here

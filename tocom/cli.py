@@ -18,12 +18,12 @@ import re
 import sys
 from pathlib import Path
 
-from . import layout
+from . import __version__, layout
 from .errors import TocomError
 from .settings import (DATA_BENCH, DENSE_METHODS, SPLITS, UNCOMPRESSED, BenchSettings, DataBenchSettings,
                        DistillSettings, EvalMethodSettings, EvalSettings, FinetuneSettings, FlopsSettings,
                        MeasureSettings, PretrainSettings, RunSettings, SegmentSettings, SourceMethodSettings,
-                       SourceSettings, check_choosing_split, splits_overlap)
+                       SourceSettings, TaskSettings, check_choosing_split, splits_overlap)
 
 COMMANDS: dict[str, tuple] = {}
 
@@ -38,15 +38,15 @@ def _trained(args) -> list[str]:
     return [args.out, *(args.out + suffix for suffix in layout.TRAINING_SIBLINGS)]
 
 
-def command(name: str, help: str, reads: tuple[str, ...] = (), writes=_out, folder: bool = False):
-    """Register `fn(args)` as subcommand `name`, with `fn.configure(parser)` adding its arguments.
+def command(name: str, help: str, configure, reads: tuple[str, ...] = (), writes=_out, folder: bool = False):
+    """Register `fn(args)` as subcommand `name`, with `configure(parser)` adding its arguments.
 
     reads: the arguments (dest names) that name the files or folders it reads; writes(args): the paths it
     creates or replaces; folder: --out names a folder rather than a file. `main` checks them before any work.
     """
     def register(fn):
         COMMANDS[name] = (fn, help)
-        fn.reads, fn.writes, fn.writes_folder = reads, writes, folder
+        fn.configure, fn.reads, fn.writes, fn.writes_folder = configure, reads, writes, folder
         return fn
     return register
 
@@ -66,35 +66,26 @@ def _configure_flops(p):
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _flops_model(sweep: FlopsSettings):
-    """The counted model (random weights: only its shapes count): the ViT, or a Segmenter on it (ADE20K's head)."""
-    from .compress import patch
+@command("flops", "analytic GFLOPs and per-layer token counts per r (Table 11: --head segmenter)",
+         _configure_flops)
+def _flops(args):
+    from .compress import flops, patch
     from .models import create_backbone
 
+    sweep = FlopsSettings.from_args(args)
+    # the counted model (random weights: only its shapes count): the ViT, or a Segmenter on it (ADE20K's head)
     if sweep.head == "segmenter":
-        from .segment import ADE20K_SETTING, create_segmenter
+        from .segment import ADE20K_SETTING, TABLE11_ATTENTION_MATMULS, create_segmenter, segmenter_flops
 
         model = create_segmenter(sweep.model, n_cls=ADE20K_SETTING["n_cls"],
                                  img_size=sweep.img_size or ADE20K_SETTING["img_size"],
                                  decoder_depth=ADE20K_SETTING["decoder_depth"])
     else:
         model = create_backbone(sweep.model, **({"img_size": sweep.img_size} if sweep.img_size else {}))
-    return patch(model, sweep.method)
-
-
-@command("flops", "analytic GFLOPs and per-layer token counts per r (Table 11: --head segmenter)")
-def _flops(args):
-    from .compress import flops
-
-    sweep = FlopsSettings.from_args(args)
-    model = _flops_model(sweep)
+    model = patch(model, sweep.method)
     _check_degree(getattr(model, "tocom_backbone", model), "--r", sweep.r)     # a Segmenter's: its encoder's
-    if sweep.head == "segmenter":
-        from .segment import TABLE11_ATTENTION_MATMULS, segmenter_flops
-
-        rows = [segmenter_flops(model, r, attention_matmuls=TABLE11_ATTENTION_MATMULS) for r in sweep.r]
-    else:
-        rows = [flops(model, r) for r in sweep.r]
+    rows = [segmenter_flops(model, r, attention_matmuls=TABLE11_ATTENTION_MATMULS) if sweep.head == "segmenter"
+            else flops(model, r) for r in sweep.r]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -106,9 +97,6 @@ def _flops(args):
         print(f"{r:>3}  {row['gflops']:8.3f}  {ratio}  {row[tokens]}")
 
 
-_flops.configure = _configure_flops
-
-
 def _configure_bench(p):
     MeasureSettings.add_arguments(p)
     BenchSettings.add_arguments(p)
@@ -116,40 +104,31 @@ def _configure_bench(p):
     p.add_argument("--out", default=None, help="CSV to write")
 
 
-@command("bench", "measured images/s per r, inference or training (Fig. 3); --mode data: data loading")
+@command("bench", "measured images/s per r, inference or training (Fig. 3); --mode data: data loading",
+         _configure_bench)
 def _bench(args):
-    from .engine.bench import bench, bench_plugin
+    from .engine.bench import bench, bench_data, bench_plugin, gpu_demand, workers_needed
 
     m, s = MeasureSettings.from_args(args), BenchSettings.from_args(args)
-    if m.mode == DATA_BENCH:
-        return _bench_data(m, s, DataBenchSettings.from_args(args), args.out)
+    if m.mode == DATA_BENCH:      # the loader's images/s here, then each job's GPU demand and the workers it takes
+        d = DataBenchSettings.from_args(args)
+        df = bench_data(d, s, threads=m.threads, out=args.out)
+        print(df[["transform", "workers", "images_per_s", "images_per_s_std"]].to_string(
+            index=False, float_format=lambda v: f"{v:.1f}"))
+        need = workers_needed(gpu_demand(m, d.gpu_tflops, d.gpu_utilisation, max(m.r)), df)
+        print(f"\none GPU at {d.gpu_tflops:g} TFLOPS x {d.gpu_utilisation:g} utilisation, {m.model} ({m.method}):")
+        print(need[["job", "transform", "gflops_per_image", "images_per_s", "images_per_s_per_worker",
+                    "workers_per_gpu"]].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+        return
     if m.plugin_check:
         if m.mode != "infer" or m.precision not in ("auto", "off"):
             raise TocomError("--plugin-check measures float32 inference; drop --mode train and --precision")
-        m = m.replace(precision="off")
-        df = bench_plugin(m, s, out=args.out)
+        df = bench_plugin(m.replace(precision="off"), s, out=args.out)
         cols = ["kind", "source_r", "target_r", "from_r", "k", "value", "reference", "ratio", "unit"]
-        print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-        return
-    df = bench(m, s, out=args.out)
-    cols = [c for c in ("r", "gflops", "images_per_s", "speedup", "flops_ratio") if c in df]
+    else:
+        df = bench(m, s, out=args.out)
+        cols = [c for c in ("r", "gflops", "images_per_s", "speedup", "flops_ratio") if c in df]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-
-
-_bench.configure = _configure_bench
-
-
-def _bench_data(m, s, d, out):
-    """The loader's images/s on this machine, then what one GPU consumes per job type and the workers that takes."""
-    from .engine.bench import bench_data, gpu_demand, workers_needed
-
-    df = bench_data(d, s, threads=m.threads, out=out)
-    print(df[["transform", "workers", "images_per_s", "images_per_s_std"]].to_string(
-        index=False, float_format=lambda v: f"{v:.1f}"))
-    need = workers_needed(gpu_demand(m, d.gpu_tflops, d.gpu_utilisation, max(m.r)), df)
-    print(f"\none GPU at {d.gpu_tflops:g} TFLOPS x {d.gpu_utilisation:g} utilisation, {m.model} ({m.method}):")
-    print(need[["job", "transform", "gflops_per_image", "images_per_s", "images_per_s_per_worker",
-                "workers_per_gpu"]].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
 
 
 # ---- shared argument groups ------------------------------------------------------------------------
@@ -190,13 +169,12 @@ def _configure_pretrain(p):
 
 
 @command("pretrain-backbone", "train a (tiny) ViT from scratch: the CPU stand-in for DeiT pretraining",
-         reads=("data_root",), writes=_trained)
+         _configure_pretrain, reads=("data_root",), writes=_trained)
 def _pretrain(args):
     from .data import get_spec
     from .engine.finetune import train_classifier
-    from .models import create_backbone
-
     from .lineage import start
+    from .models import create_backbone
 
     s, run = PretrainSettings.from_args(args), RunSettings.from_args(args)
     model = create_backbone(args.backbone, num_classes=get_spec(args.dataset).num_classes)
@@ -204,9 +182,6 @@ def _pretrain(args):
     # a backbone pretrained here is the root of its lineage: its own digest identifies what is made from it
     train_classifier(model, data, args.out, {"backbone": args.backbone, "dataset": args.dataset, "stage": "pretrain"},
                      s, run, lineage={"role": "backbone", "init": start(None, args.backbone, False, run.seed)["backbone"]})
-
-
-_pretrain.configure = _configure_pretrain
 
 
 def _configure_distill(p, out_help="plugin to write (.safetensors)"):
@@ -236,7 +211,7 @@ def _distill_model(args):
 
 
 @command("distill", "train a ToCom plugin by self-distillation on the pre-training data",
-         reads=("checkpoint", "data_root", "teacher_outputs"), writes=_trained)
+         _configure_distill, reads=("checkpoint", "data_root", "teacher_outputs"), writes=_trained)
 def _distill(args):
     from .engine.distill import distill, read_teacher_outputs
     from .lineage import start
@@ -253,20 +228,14 @@ def _distill(args):
             lineage=start(args.checkpoint, args.backbone or meta["backbone"], args.pretrained, run.seed))
 
 
-_distill.configure = _configure_distill
-
-
 @command("teacher-outputs", "the plain model's outputs at every degree on the distillation images, computed once "
-                            "for the plugins that share them", reads=("checkpoint", "data_root"))
+                            "for the plugins that share them",
+         lambda p: _configure_distill(p, "teacher outputs to write (.safetensors)"), reads=("checkpoint", "data_root"))
 def _teacher_outputs(args):
     from .engine.distill import teacher_outputs
 
     s, run, model, meta, data = _distill_model(args)
-    teacher_outputs(model, data, args.out, s, run,
-                    record={"backbone": meta["backbone"], "checkpoint": args.checkpoint})
-
-
-_teacher_outputs.configure = lambda p: _configure_distill(p, "teacher outputs to write (.safetensors)")
+    teacher_outputs(model, data, args.out, s, run, record={"backbone": meta["backbone"], "checkpoint": args.checkpoint})
 
 
 def _configure_finetune(p):
@@ -287,12 +256,12 @@ def _finetuned(args) -> list[str]:
 
 
 @command("finetune", "fine-tune on a downstream dataset at a source degree r (full or AdaptFormer)",
-         reads=("checkpoint", "chosen", "data_root"), writes=_finetuned)
+         _configure_finetune, reads=("checkpoint", "chosen", "data_root"), writes=_finetuned)
 def _finetune(args):
     from .data import get_spec
     from .engine.finetune import train_classifier
     from .lineage import file_entry, start
-    from .models import resolve_model
+    from .models import load_model, resolve_model
 
     src, s, run = SourceMethodSettings.from_args(args), FinetuneSettings.from_args(args), RunSettings.from_args(args)
     if src.method == UNCOMPRESSED and src.r:
@@ -316,15 +285,10 @@ def _finetune(args):
                      s, run, method=src.method, r=src.r, lineage=lineage)
     if args.score_split:
         from .engine.evaluate import score
-        from .models import load_model
 
         model, meta = load_model(args.out)
         score(model, meta, _dataset(args, model, args.score_split, None, run.seed), EvalSettings(), run,
-              out=args.out + layout.SCORE,
-              lineage={"backbone": lineage["backbone"], "model": file_entry(args.out)})
-
-
-_finetune.configure = _configure_finetune
+              out=args.out + layout.SCORE, lineage={"backbone": lineage["backbone"], "model": file_entry(args.out)})
 
 
 def _configure_select(p):
@@ -334,15 +298,11 @@ def _configure_select(p):
 
 
 @command("select", "pick the search candidate with the best held-out score (hyper-parameter search)",
-         reads=("candidates",))
+         _configure_select, reads=("candidates",))
 def _select(args):
     from .search import select
 
-    chosen = select(args.candidates, args.out)
-    print(json.dumps(chosen["chosen"], sort_keys=True))
-
-
-_select.configure = _configure_select
+    print(json.dumps(select(args.candidates, args.out)["chosen"], sort_keys=True))
 
 
 def _configure_link_chosen(p):
@@ -353,34 +313,32 @@ def _configure_link_chosen(p):
 
 
 @command("link-chosen", "link the chosen search candidate's model: it is what a fine-tune on train with the "
-                        "chosen settings would retrain")     # reads nothing it could overwrite: it only replaces its own link
+                        "chosen settings would retrain",
+         _configure_link_chosen)     # reads nothing it could overwrite: it only replaces its own link
 def _link_chosen(args):
     from .search import link_chosen
 
-    model = link_chosen(args.chosen, args.candidates, args.out)
-    print(f"{args.out} -> {model}")
-
-
-_link_chosen.configure = _configure_link_chosen
+    print(f"{args.out} -> {link_chosen(args.chosen, args.candidates, args.out)}")
 
 
 def _plugin_spec(spec: str) -> tuple[str, str]:
     """[LABEL=]PATH -> (label or "", path)."""
     label, sep, path = spec.partition("=")
-    if not sep or "/" in label:          # no label given: the whole spec is the path
-        return "", spec
-    return label, path
+    return ("", spec) if not sep or "/" in label else (label, path)      # no label given: the whole spec is the path
 
 
 # ---- what the evaluation commands check and record (tocom/lineage.py; docs/lineage.md) --------------------------
-def _override_args(p, dataset: bool = True):
+def _eval_args(p, out_help="tidy CSV to write (its record: OUT.json)"):
+    """What the evaluation commands end with: the evaluation and run settings, the overrides and --out."""
+    EvalSettings.add_arguments(p)
+    RunSettings.add_arguments(p)
     p.add_argument("--allow-other-backbone", action="store_true",
                    help="go on although the inputs come from different pretrained backbones (a warning line; the "
                         "output's record lists the override)")
-    if dataset:
-        p.add_argument("--allow-other-dataset", action="store_true",
-                       help="evaluate on another dataset than the model was fine-tuned on, on purpose (no warning; "
-                            "the output's record lists the override)")
+    p.add_argument("--allow-other-dataset", action="store_true",
+                   help="evaluate on another dataset than the model was fine-tuned on, on purpose (no warning; "
+                        "the output's record lists the override)")
+    p.add_argument("--out", required=True, help=out_help)
 
 
 def _seed_of(args, run: RunSettings, meta: dict, path) -> RunSettings:
@@ -415,17 +373,30 @@ def _dataset_of(args, meta: dict, path, allowed: list) -> None:
                  "if you mean it)")
 
 
-def _plugin_lineage(what: str, identity: dict | None, plugins: dict, allow: bool, allowed: list) -> dict:
-    """Each plugin was distilled on the model's pretrained backbone (else refused, or allowed and recorded)."""
+def _model_lineage(args, meta: dict, what: str, allowed: list) -> tuple[dict, dict | None, dict]:
+    """(--plugin's [LABEL=]PATH specs as {label: plugin}, the --checkpoint model's backbone, their lineage). The label
+    fills the `variant` column (default: the plugin's); each plugin was distilled on the model's pretrained backbone
+    (else refused, or allowed and recorded)."""
     from .lineage import backbone_of, check_backbones, file_entry
+    from .plugin import ToCom
 
-    records = {}
+    plugins, records = {}, {}
+    for spec in args.plugin:
+        label, path = _plugin_spec(spec)
+        plugin = ToCom.load(path)
+        label = label or plugin.variant
+        if label in plugins:
+            raise TocomError(f"two plugins are labelled {label!r}; label them (LABEL=PATH) to tell them apart")
+        plugins[label] = plugin
+    identity = backbone_of(args.checkpoint, meta)
+    model = {**file_entry(args.checkpoint), "backbone": identity}
     for label, plugin in plugins.items():
         theirs = backbone_of(plugin.path, plugin.extra)
-        if check_backbones(what, identity, f"plugin {label} ({plugin.path})", theirs, allow):
+        if check_backbones(f"{what} {args.checkpoint}", identity, f"plugin {label} ({plugin.path})", theirs,
+                           args.allow_other_backbone):
             allowed.append("other_backbone")
         records[label] = {**file_entry(plugin.path), "backbone": theirs}
-    return records
+    return plugins, identity, {"model": model, "plugins": records}
 
 
 def _record(args, command: str, run: RunSettings, lineage: dict, data: dict, allowed: list) -> None:
@@ -435,21 +406,6 @@ def _record(args, command: str, run: RunSettings, lineage: dict, data: dict, all
     write_record(args.out, {"command": command, "seed": run.seed,
                             "lineage": {**lineage, "data": {name: data_entry(ds) for name, ds in data.items()},
                                         "allowed": sorted(set(allowed))}})
-
-
-def _read_plugins(specs: list[str]) -> dict:
-    """[LABEL=]PATH specs -> {label: plugin}; the label fills the `variant` column (default: the plugin's)."""
-    from .plugin import ToCom
-
-    plugins = {}
-    for spec in specs:
-        label, path = _plugin_spec(spec)
-        plugin = ToCom.load(path)
-        label = label or plugin.variant
-        if label in plugins:
-            raise TocomError(f"two plugins are labelled {label!r}; label them (LABEL=PATH) to tell them apart")
-        plugins[label] = plugin
-    return plugins
 
 
 def _plugin_targets(specs: list[str]) -> dict[str, list[int]]:
@@ -480,14 +436,11 @@ def _configure_evaluate(p):
                         "the label fills the `variant` column (default: the plugin's variant)")
     p.add_argument("--plugin-targets", nargs="+", default=[], metavar="LABEL=R[,R...]",
                    help="evaluate a plugin at only these of --targets (e.g. shared=2,4; default: every target)")
-    EvalSettings.add_arguments(p)
-    RunSettings.add_arguments(p)
-    _override_args(p)
-    p.add_argument("--out", required=True, help="tidy CSV to write (its record: OUT.json)")
+    _eval_args(p)
 
 
 @command("evaluate", "top-1 at every target r, with and without ToCom (one tidy CSV)",
-         reads=("checkpoint", "select_checkpoint", "plugin", "data_root"))
+         _configure_evaluate, reads=("checkpoint", "select_checkpoint", "plugin", "data_root"))
 def _evaluate(args):
     from .engine.evaluate import cross_evaluate
     from .lineage import backbone_of, check_backbones, file_entry
@@ -499,11 +452,7 @@ def _evaluate(args):
     run, allowed = _seed_of(args, run, meta, args.checkpoint), []
     _dataset_of(args, meta, args.checkpoint, allowed)
     _check_degree(model, "target r", args.targets)
-    plugins = _read_plugins(args.plugin)
-    identity = backbone_of(args.checkpoint, meta)
-    lineage = {"model": {**file_entry(args.checkpoint), "backbone": identity},
-               "plugins": _plugin_lineage(f"the model {args.checkpoint}", identity, plugins, args.allow_other_backbone,
-                                          allowed)}
+    plugins, identity, lineage = _model_lineage(args, meta, "the model", allowed)
     selector = None
     if args.select_checkpoint:
         sel_model, sel_meta = load_model(args.select_checkpoint)
@@ -522,9 +471,6 @@ def _evaluate(args):
     _record(args, "evaluate", run, lineage, {**splits, **({s.select_split: selector[2]} if selector else {})}, allowed)
 
 
-_evaluate.configure = _configure_evaluate
-
-
 def _configure_transfer(p):
     p.add_argument("--model-b", required=True, help="M_0^B: fine-tuned on B at r = 0")
     p.add_argument("--high-a", required=True, help="M_16^A: fine-tuned on A at the high degree")
@@ -533,10 +479,7 @@ def _configure_transfer(p):
     p.add_argument("--split", default="test", choices=SPLITS, help="split of B to score")
     p.add_argument("--target-r", type=int, required=True, help="degree the models run at (paper: 16)")
     EvalMethodSettings.add_arguments(p)
-    EvalSettings.add_arguments(p)
-    RunSettings.add_arguments(p)
-    _override_args(p)
-    p.add_argument("--out", required=True, help="CSV to write (its record: OUT.json)")
+    _eval_args(p, "CSV to write (its record: OUT.json)")
 
 
 def _check_transfer(args, meta_b: dict, high: dict, low: dict, allowed: list) -> dict:
@@ -571,7 +514,7 @@ def _check_transfer(args, meta_b: dict, high: dict, low: dict, allowed: list) ->
 
 
 @command("transfer", "task-arithmetic check (Table 1): M_16^A - M_0^A + M_0^B evaluated on B",
-         reads=("model_b", "high_a", "low_a", "data_root"))
+         _configure_transfer, reads=("model_b", "high_a", "low_a", "data_root"))
 def _transfer(args):
     from .engine.evaluate import transfer
     from .models import load_model, read_meta, read_state_dict
@@ -587,9 +530,6 @@ def _transfer(args):
     transfer(model, {**meta, "dataset": args.dataset}, read_state_dict(args.high_a), read_state_dict(args.low_a),
              data, args.target_r, s, run, out=args.out, method=method, high_r=high["source_r"])
     _record(args, "transfer", run, lineage, {args.split: data}, allowed)
-
-
-_transfer.configure = _configure_transfer
 
 
 # ---- segmentation (the appendix's Table 11) -------------------------------------------------------------
@@ -611,7 +551,7 @@ def _configure_segment_finetune(p):
 
 
 @command("segment-finetune", "fine-tune a Segmenter on a segmentation dataset at a source r, tome_ffn active (Table 11)",
-         reads=("checkpoint", "data_root"), writes=_trained)
+         _configure_segment_finetune, reads=("checkpoint", "data_root"), writes=_trained)
 def _segment_finetune(args):
     from .data import get_spec
     from .engine.segment import build_segmenter, segment_finetune
@@ -634,9 +574,6 @@ def _segment_finetune(args):
                      lineage=start(args.checkpoint, backbone, args.pretrained, run.seed))
 
 
-_segment_finetune.configure = _configure_segment_finetune
-
-
 def _configure_segment_evaluate(p):
     p.add_argument("--checkpoint", required=True, help="Segmenter from `tocom segment-finetune`")
     _data_args(p, required=False, dataset_help="default: the dataset the Segmenter was fine-tuned on")
@@ -644,39 +581,26 @@ def _configure_segment_evaluate(p):
                    help="target degrees")
     p.add_argument("--plugin", nargs="+", default=[], metavar="[LABEL=]PATH",
                    help="ToCom plugins distilled with --method tome_ffn on the encoder's backbone")
-    EvalSettings.add_arguments(p)
-    RunSettings.add_arguments(p)
-    _override_args(p)
-    p.add_argument("--out", required=True, help="tidy CSV to write (its record: OUT.json)")
+    _eval_args(p)
 
 
 @command("segment-evaluate", "mIoU at every target r, with and without ToCom (s chosen on val; one tidy CSV)",
-         reads=("checkpoint", "plugin", "data_root"))
+         _configure_segment_evaluate, reads=("checkpoint", "plugin", "data_root"))
 def _segment_evaluate(args):
     from .engine.segment import load_segmenter, segment_evaluate
-    from .lineage import backbone_of, file_entry
 
     s, run = EvalSettings.from_args(args), RunSettings.from_args(args)
     model, meta = load_segmenter(args.checkpoint)
     run, allowed = _seed_of(args, run, meta, args.checkpoint), []
     _dataset_of(args, meta, args.checkpoint, allowed)
-    plugins = _read_plugins(args.plugin)
-    identity = backbone_of(args.checkpoint, meta)
-    lineage = {"model": {**file_entry(args.checkpoint), "backbone": identity},
-               "plugins": _plugin_lineage(f"the Segmenter {args.checkpoint}", identity, plugins,
-                                          args.allow_other_backbone, allowed)}
+    plugins, _, lineage = _model_lineage(args, meta, "the Segmenter", allowed)
     splits = {name: _seg_dataset(args, name, s.limit, run.seed, meta["img_size"]) for name in s.splits}
     segment_evaluate(model, {**meta, "dataset": args.dataset}, splits, args.targets, plugins, s, run, out=args.out)
     _record(args, "segment-evaluate", run, lineage, splits, allowed)
 
 
-_segment_evaluate.configure = _configure_segment_evaluate
-
-
 # ---- generated downstream tasks (the CPU configs' fmnist_vtab/*) --------------------------------------
 def _configure_make_tasks(p):
-    from .settings import TaskSettings
-
     p.add_argument("--out", required=True, help="folder to write into: one VTAB-1k task folder per task")
     p.add_argument("--fashion-root", default=argparse.SUPPRESS,
                    help="folder with Fashion-MNIST's t10k IDX files (default: where the Debian package "
@@ -693,17 +617,12 @@ def _task_folders(args) -> list[str]:
 
 
 @command("make-tasks", "write the fmnist_vtab/* downstream tasks (VTAB-1k layout) from Fashion-MNIST's t10k images",
-         reads=("fashion_root",), writes=_task_folders, folder=True)
+         _configure_make_tasks, reads=("fashion_root",), writes=_task_folders, folder=True)
 def _make_tasks(args):
     from .data.fmnist_tasks import write_tasks
-    from .settings import TaskSettings
 
-    s = TaskSettings.from_args(args)
     given = {k: getattr(args, k) for k in ("fashion_root", "tasks") if hasattr(args, k)}
-    write_tasks(args.out, s, log=print, **given)
-
-
-_make_tasks.configure = _configure_make_tasks
+    write_tasks(args.out, TaskSettings.from_args(args), log=print, **given)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -715,8 +634,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="tocom", description="Token Compensator: compression-degree arithmetic for ViTs")
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"tocom {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name, (fn, help) in COMMANDS.items():
@@ -729,13 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- checks before any work -----------------------------------------------------------------------
 def _inputs(args) -> list[tuple[str, str]]:
     """(flag, path) of every input file or folder the command was given (its `reads`)."""
-    found = []
-    for dest in args.func.reads:
-        value = getattr(args, dest, None)
-        for v in value if isinstance(value, list) else [value]:
-            if v:
-                found.append(("--" + dest.replace("_", "-"), _plugin_spec(v)[1] if dest == "plugin" else v))
-    return found
+    return [("--" + dest.replace("_", "-"), _plugin_spec(v)[1] if dest == "plugin" else v)
+            for dest in args.func.reads for value in [getattr(args, dest, None)]
+            for v in (value if isinstance(value, list) else [value]) if v]
 
 
 def _within(path: str, folder: str) -> bool:
@@ -756,22 +669,14 @@ def check_files(args) -> None:
     for output in outputs:
         written = f"--out {out}" if output == out else f"--out {out} writes {output}, which"
         for flag, path in _inputs(args):
-            inside, holds = _within(output, path), _within(path, output)
-            if inside and holds:
-                what = f"{written} is the input {flag} {path}"
-            elif inside:
-                what = f"{written} lies inside the input {flag} {path}"
-            elif holds:
-                what = f"{written} holds the input {flag} {path}"
-            else:
-                continue
-            raise TocomError(f"{what}: the output would overwrite what it is made from; write it elsewhere")
-    if out:
-        _check_writable(out, args.func.writes_folder)
-
-
-def _check_writable(out: str, folder: bool) -> None:
-    path = Path(out)
+            how = {(True, True): "is", (True, False): "lies inside", (False, True): "holds"}.get(
+                (_within(output, path), _within(path, output)))
+            if how:
+                raise TocomError(f"{written} {how} the input {flag} {path}: the output would overwrite what it is "
+                                 "made from; write it elsewhere")
+    if not out:
+        return
+    path, folder = Path(out), args.func.writes_folder
     if folder and path.exists() and not path.is_dir():
         raise TocomError(f"--out {out} is a file; name a folder to write into")
     if not folder and path.is_dir():
@@ -842,11 +747,9 @@ def main(argv: list[str] | None = None) -> int:
 
             seed_everything(seed)
         args.func(args)
-    except TocomError as e:
-        print(f"tocom {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
-        return 2
-    except OSError as e:      # the file system refused (full, read-only, permissions): not a bug, one line too
-        print(f"tocom {args.command}: error: {_os_message(e)}", file=sys.stderr)
+    except (TocomError, OSError) as e:    # OSError: the file system refused (full, read-only, permissions), not a bug
+        message = _os_message(e) if isinstance(e, OSError) else _one_line(str(e))
+        print(f"tocom {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tocom {args.command}: interrupted", file=sys.stderr)

@@ -11,16 +11,17 @@ folder, results/<config name>/.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
 from . import layout
 from .errors import TocomError
 from .gpus import GPUS, Need, gpu_spec, memory_need
-from .layout import GENERATED_FAMILY
 from .settings import (DENSE_METHODS, UNCOMPRESSED, BenchSettings, config_schema, DistillSettings, EvalSettings, FinetuneSettings,
                        PretrainSettings, SearchSettings, SegmentSettings, TaskSettings, splits_overlap)
 
@@ -80,9 +81,7 @@ def grid_size(config: dict) -> dict[str, int]:
 
     def finetune(recipe) -> int:     # the final model, its companion, its search candidates and their select job
         search = get(get(get(config, "recipes", {}), recipe, {}), "search", {})
-        candidates = 1
-        for name in ("lr", "adapter_scale"):
-            candidates *= n(get(search, name)) if get(search, name) else 1
+        candidates = math.prod(n(get(search, name) or None) for name in ("lr", "adapter_scale"))   # unset: 1
         return 2 + (candidates + 1 if search else 0)
 
     def rows(targets, variants) -> int:
@@ -97,8 +96,7 @@ def grid_size(config: dict) -> dict[str, int]:
             row_count += models * rows(get(block, "targets", []), get(block, "variants", []))
     for t in get(config, "transfer", []) or []:
         jobs += n(get(t, "b", [])) * seeds * (2 * finetune(get(t, "recipe_a")) + finetune(get(t, "recipe_b")) + 1)
-    for b in get(config, "bench", []) or []:
-        jobs += n(get(b, "modes", []))
+    jobs += sum(n(get(b, "modes", [])) for b in get(config, "bench", []) or [])
     seg = get(config, "segmentation")
     if seg:
         models = n(get(seg, "sources", [])) * seeds
@@ -118,9 +116,16 @@ def check_grid_size(config: dict) -> None:
                              "or split the config")
 
 
+def _defined(name, section: dict, what: str, where: str = "") -> None:
+    """Refuse a name that the config's `<what>s` section does not define, naming those it does."""
+    if name not in section:
+        raise TocomError(f"{where}{what} {name!r} is not defined under `{what}s`; define it or use one of "
+                         f"{', '.join(section)}")
+
+
 def is_generated(dataset: str) -> bool:
     """A task the workflow writes itself (`tocom make-tasks`) rather than one read from a release."""
-    return dataset.split("/")[0] == GENERATED_FAMILY
+    return dataset.split("/")[0] == layout.GENERATED_FAMILY
 
 
 @lru_cache(maxsize=None)
@@ -137,19 +142,6 @@ def backbone_geometry(timm_name: str) -> dict:
             "has_head": model.num_classes > 0, "width": model.embed_dim, "prefix": model.num_prefix_tokens,
             "patch_size": int(model.patch_embed.patch_size[0]), "img_size": int(model.patch_embed.img_size[0]),
             "params": sum(p.numel() for p in model.parameters())}
-
-
-@lru_cache(maxsize=None)
-def backbone_patch_size(timm_name: str) -> int:
-    """Patch size of a timm ViT (meta device, no weights)."""
-    import timm
-    import torch
-
-    from . import models  # noqa: F401
-
-    with torch.device("meta"):
-        model = timm.create_model(timm_name, pretrained=False)
-    return int(model.patch_embed.patch_size[0])
 
 
 SEGMENT_METHOD = DENSE_METHODS[0]   # the plugins of Table 11 are distilled with tokens merged before each FFN
@@ -200,9 +192,6 @@ def config_digest(config: dict) -> str:
     """What a run computed from, as 16 hex digits: the sha256 of the config with its plugin variants resolved
     (`resolve_variants`), as canonical JSON. Comments, key order and spelling out a paper variant do not change
     it; any value that reaches a step does."""
-    import hashlib
-    import json
-
     resolved = {**config, "variants": resolve_variants(config)}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -283,9 +272,7 @@ class SearchRun(_Laid):
 
         return candidate_label(dict(self.overrides))
 
-    @property
-    def chosen_path(self) -> str:
-        return layout.path(layout.CHOSEN, **self.fields)
+    chosen_path = FinetuneRun.chosen_path     # the search result this candidate competes in
 
 
 @dataclass
@@ -392,13 +379,9 @@ class Grid:
             return s.replace(split="train", **dict(run.overrides))
         return s.replace(split="train") if run.role != "final" else s
 
-    def search_for(self, run: FinetuneRun | SearchRun) -> SearchSettings | None:
-        return self.recipes[run.recipe][1]
-
     def distill_settings(self, backbone: str, variant: str) -> tuple[str, DistillSettings]:
         """(pre-training dataset, settings) of a plugin: `distill`, the backbone's overrides, the variant's."""
-        values = {**self.config["distill"], **self.backbones[backbone].get("distill", {}),
-                  **self.variants[variant]}
+        values = {**self.config["distill"], **self.backbones[backbone].get("distill", {}), **self.variants[variant]}
         dataset = values.pop("dataset")
         return dataset, DistillSettings.from_mapping(values, f"distill ({backbone}, {variant})")
 
@@ -420,9 +403,7 @@ class Grid:
         """The fine-tune `method` asks for. At source r = 0 nothing is compressed while training, so
         every method shares one run (filed under UNCOMPRESSED), unless the recipe's search runs at a
         source r > 0: then the settings it applies depend on the method, and so does the model."""
-        if recipe not in self.recipes:
-            raise TocomError(f"recipe {recipe!r} is not defined under `recipes`; define it or use one of "
-                             f"{', '.join(self.recipes)}")
+        _defined(recipe, self.recipes, "recipe")
         search = self.recipes[recipe][1]
         shared = int(source) == 0 and not (search and search.source_r)
         run = FinetuneRun(backbone, UNCOMPRESSED if shared else method, dataset, int(source), int(seed), recipe)
@@ -433,14 +414,13 @@ class Grid:
             raise TocomError(f"{dataset} is fine-tuned with two recipes ({other.recipe}, {recipe}) for "
                              f"{where}; use one recipe per dataset and backbone")
         self.finetunes[run.path] = run
-        for cand in self._search_runs(run):
-            self.searches[cand.path] = cand
+        self.searches.update({cand.path: cand for cand in self._search_runs(run)})
         return run
 
     def _search_runs(self, run: FinetuneRun) -> list[SearchRun]:
         """The candidates whose winner `run` uses. At source r = 0 nothing is compressed, so one search
         (filed under UNCOMPRESSED) serves every method of a backbone and dataset."""
-        search = self.search_for(run)
+        search = self.recipes[run.recipe][1]
         if not search:
             return []
         method = run.method if search.source_r else UNCOMPRESSED
@@ -458,8 +438,7 @@ class Grid:
             raise TocomError(f"evaluate.select_split {select!r} overlaps every training split; choose s on 'val'")
         sel = FinetuneRun(run.backbone, run.method, run.dataset, run.source, run.seed, run.recipe, role="select")
         if self.retrains_winner(sel):
-            return FinetuneRun(*(getattr(sel, f) for f in ("backbone", "method", "dataset", "source", "seed",
-                                                           "recipe")), role="chosen")
+            return replace(sel, role="chosen")
         self.finetunes[sel.path] = sel
         return sel
 
@@ -485,9 +464,7 @@ class Grid:
             for block in study["sets"]:
                 variants = list(block.get("variants", []))
                 for v in variants:
-                    if v not in self.variants:
-                        raise TocomError(f"study {study['name']}: variant {v!r} is not defined under `variants`; "
-                                         f"define it or use one of {', '.join(self.variants)}")
+                    _defined(v, self.variants, "variant", f"study {study['name']}: ")
                     self.plugins.add((backbone, method, v))
                 self._check_degrees(backbone, [*block["sources"], *block["targets"]], f"study {study['name']}")
                 for dataset in block["datasets"]:
@@ -545,38 +522,31 @@ class Grid:
         if not seg:
             return
         backbone = seg["backbone"]
-        bb = self._backbone(backbone)
+        self._backbone(backbone)
         s = self.segment_settings()
         degrees = sorted({int(r) for r in [*seg["sources"], *seg["targets"]]})
         if self.check_geometry:
-            patch_size = backbone_patch_size(bb["timm"])
-            half = (s.crop_size // patch_size) ** 2 // 2
+            half = (s.crop_size // self.geometry(backbone)["patch_size"]) ** 2 // 2
             if degrees[-1] > half:
                 raise TocomError(f"segmentation: r {degrees[-1]} exceeds what {backbone} carries with tome_ffn at "
                                  f"{s.crop_size} px (max r = {half}, half of the patch tokens)")
         for v in seg.get("variants", []):
-            if v not in self.variants:
-                raise TocomError(f"segmentation: variant {v!r} is not defined under `variants`; define it or use "
-                                 f"one of {', '.join(self.variants)}")
+            _defined(v, self.variants, "variant", "segmentation: ")
             _, ds = self.distill_settings(backbone, v)
             off = [r for r in degrees if r > ds.r_max or r % ds.r_step]
             if off:
                 raise TocomError(f"segmentation: degrees {off} are not on plugin {v!r}'s ladder (multiples of "
                                  f"r_step {ds.r_step} up to r_max {ds.r_max})")
             self.plugins.add((backbone, SEGMENT_METHOD, v))
-        for source in seg["sources"]:
-            for seed in self.seeds:
-                run = SegmentRun(backbone, seg["dataset"], int(source), int(seed))
-                self.segments[run.path] = run
+        runs = (SegmentRun(backbone, seg["dataset"], int(r), int(seed)) for r in seg["sources"] for seed in self.seeds)
+        self.segments.update({run.path: run for run in runs})
 
     def segment_run(self, **fields) -> SegmentRun:
         return self.segments[layout.path(layout.SEGMENT, **fields)]
 
     # ---- checks --------------------------------------------------------------------------------
     def _backbone(self, key: str) -> dict:
-        if key not in self.backbones:
-            raise TocomError(f"backbone {key!r} is not defined under `backbones`; define it or use one of "
-                             f"{', '.join(self.backbones)}")
+        _defined(key, self.backbones, "backbone")
         return self.backbones[key]
 
     def geometry(self, key: str) -> dict:
@@ -669,10 +639,8 @@ class Grid:
         for run in [*self.finetunes.values(), *self.searches.values()]:
             s, key = self.finetune_settings(run), self.resource_key("finetune", run.recipe)
             out.append((key, run.job, need(run.backbone, s.batch_size, key, trains_all=s.mode == "full")))
-        ev_batch = self.eval_settings.batch_size
-        out += [("eval", ev.job, need(ev.finetune.backbone, ev_batch, "eval", backward=False))
-                for ev in self.evals.values()]
-        out += [("eval", t.job, need(t.backbone, ev_batch, "eval", backward=False)) for t in self.transfers]
+        out += [("eval", r.job, need(r.fields["backbone"], self.eval_settings.batch_size, "eval", backward=False))
+                for r in [*self.evals.values(), *self.transfers]]
         for b in self.benches:
             entry = next(x for x in self.config["bench"] if (x["backbone"], x["method"]) == (b.backbone, b.method))
             out.append(("bench", b.job, need(b.backbone, entry["batch_size"], "bench", backward=b.mode == "train")))
@@ -748,11 +716,9 @@ class Grid:
         return None
 
     def datasets(self) -> set[str]:
-        names = {r.dataset for r in self.finetunes.values()}
-        names |= {self.pretrain_settings(k)[0] for k, bb in self.backbones.items() if bb.get("pretrain")}
-        names |= {self.distill_settings(bb, v)[0] for bb, _, v in self.plugins}
-        names |= {r.dataset for r in self.segments.values()}
-        return names
+        return ({r.dataset for r in [*self.finetunes.values(), *self.segments.values()]}
+                | {self.pretrain_settings(k)[0] for k in self.pretrained_backbones()}
+                | {self.distill_settings(bb, v)[0] for bb, _, v in self.plugins})
 
     @property
     def generated_root(self) -> str:
@@ -771,7 +737,6 @@ class Grid:
     def _check_data(self) -> None:
         from .data import get_spec
         from .data.registry import resolve_root
-
         from .data.transforms import augments
 
         self.task_settings()
@@ -797,9 +762,6 @@ class Grid:
     def search_run(self, **fields) -> SearchRun:
         return self.searches[layout.path(layout.SEARCH, **fields)]
 
-    def search_candidates(self, run: FinetuneRun) -> list[SearchRun]:
-        return self._search_runs(run)
-
     def chosen_path(self, run: FinetuneRun) -> str | None:
         """The search result `run` applies (None when its recipe searches nothing)."""
         cands = self._search_runs(run)
@@ -813,9 +775,6 @@ class Grid:
         return next(t for t in self.transfers if t.path == path)
 
     def final_outputs(self) -> list[str]:
-        outs = [layout.path(layout.PLUGIN, backbone=b, method=m, variant=v) for b, m, v in sorted(self.plugins)]
-        outs += sorted(self.evals)
-        outs += [t.path for t in self.transfers]
-        outs += [b.path for b in self.benches]
-        outs += sorted(r.eval_path for r in self.segments.values())
-        return outs
+        return [*(layout.path(layout.PLUGIN, backbone=b, method=m, variant=v) for b, m, v in sorted(self.plugins)),
+                *sorted(self.evals), *(t.path for t in self.transfers), *(b.path for b in self.benches),
+                *sorted(r.eval_path for r in self.segments.values())]

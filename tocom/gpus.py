@@ -86,8 +86,6 @@ def memory_need(*, params: int, tokens: int, width: int, depth: int, batch: int,
     module (a plugin, adapters), with a backward pass or inference only."""
     per_gpu = -(-int(batch) // max(int(gpus), 1))
     state = params * (4 + (2 if dtype_bytes < 4 else 0)) + (params * 12 if trains_all and backward else 0)
-    if backward:
-        act = per_gpu * activation_bytes(tokens, width, depth, dtype_bytes)
-    else:
-        act = 2 * per_gpu * activation_bytes(tokens, width, 1, dtype_bytes)
+    act = (per_gpu * activation_bytes(tokens, width, depth, dtype_bytes) if backward
+           else 2 * per_gpu * activation_bytes(tokens, width, 1, dtype_bytes))
     return Need(state / 1e9, act / 1e9, per_gpu)

@@ -59,15 +59,11 @@ def _temporary(path: Path) -> dict:
     return {"prefix": f".{path.name}.", "suffix": ".tmp", "dir": path.parent}
 
 
-def _temporaries_of(path: Path) -> re.Pattern:
-    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
-
-
 def clean_temporaries(path: str | Path) -> list[Path]:
     """Remove the temporaries that killed writes of `path` left beside it (files or folders named
     `.NAME.XXXXXXXX.tmp`, no live writer holding their lock; never a symlink); returns what it removed."""
     path = Path(path)
-    pattern, removed = _temporaries_of(path), []
+    pattern, removed = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp"), []
     try:
         entries = list(os.scandir(path.parent))
     except OSError:
@@ -80,11 +76,7 @@ def clean_temporaries(path: str | Path) -> list[Path]:
         except OSError:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:              # a live writer holds it
-            os.close(fd)
-            continue
-        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)      # raises when a live writer holds it
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:
@@ -101,9 +93,8 @@ def _make_parents(folder: Path) -> list[Path]:
     """mkdir -p `folder`; the folders it created, outermost first."""
     missing = []
     while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
+        missing.insert(0, folder)
         folder = folder.parent
-    missing.reverse()
     if missing:
         missing[-1].mkdir(parents=True, exist_ok=True)
     return missing
@@ -277,8 +268,6 @@ def _sorted_header(path: Path) -> None:
             f.seek(8)
             f.write(text)
         return
-    import shutil
-
     rewritten = path.with_name(path.name + ".sorted")
     with open(path, "rb") as src, open(rewritten, "wb") as dst:
         src.seek(8 + n)

@@ -59,25 +59,21 @@ FIGURE = "{item}{ext}"                            # under figure_dir: .png and .
 
 #: The split lists of a task in the VTAB-1k layout (VPT/NOAH's release, and the tasks the workflow
 #: generates, which the same loader reads).
-VTAB_SPLIT_FILES = {"train": "train800.txt", "val": "val200.txt", "trainval": "train800val200.txt",
-                    "test": "test.txt"}
+VTAB_SPLIT_FILES = {"train": "train800.txt", "val": "val200.txt", "trainval": "train800val200.txt", "test": "test.txt"}
 #: Datasets named <GENERATED_FAMILY>/<task> are written by the workflow itself (`tocom make-tasks`), under TASK.
 GENERATED_FAMILY = "fmnist_vtab"
 
+INTS = ("source", "seed", "high")
 #: What a template's field may hold. Fields not listed take one path component.
 FIELDS = {
     "method": "|".join(sorted((*METHODS, *DENSE_METHODS, UNCOMPRESSED), key=len, reverse=True)),
-    "source": r"\d+",
-    "seed": r"\d+",
-    "high": r"\d+",
-    "a": r"[^/]+?",
-    "b": r"[^/]+?",
+    **dict.fromkeys(INTS, r"\d+"),
+    **dict.fromkeys(("a", "b"), r"[^/]+?"),
     "mode": r"[a-z]+",                            # bench modes (infer, train, plugin): no "_", so tome_ffn_infer parses
     "task": r"[a-z0-9_]+",
     "candidate": rf"(?:{'|'.join(SEARCHABLE)})[^/]*",   # search.candidate_label: never "chosen" (CHOSEN_MODEL)
     "ext": r"\.\w+",
 }
-INTS = ("source", "seed", "high")
 _FIELD = re.compile(r"{(\w+)}")
 
 
@@ -102,26 +98,21 @@ def fields_of(template: str) -> list[str]:
     return _FIELD.findall(template)
 
 
-def _fill(template: str, fields: dict) -> str:
-    """The given fields filled in (dataset, a, b as names or keys); the others stay `{field}` wildcards."""
-    for key in ("dataset", "a", "b"):
-        if isinstance(fields.get(key), str):
-            fields = {**fields, key: dataset_key(fields[key])}
-    return _FIELD.sub(lambda m: str(fields[m[1]]) if m[1] in fields else m[0], template)
-
-
 def path(template: str, **fields) -> str:
     """The template filled in; `dataset`, `a` and `b` may be given as names (vtab/cifar) or keys."""
     missing = [f for f in fields_of(template) if f not in fields]
     if missing:
         raise KeyError(f"{template}: no value for {', '.join(missing)}")
-    return _fill(template, fields)
+    return pattern(template, **fields)
 
 
 def pattern(template: str, prefix: str = "", **fields) -> str:
-    """The template as a Snakemake pattern: the given fields filled in, the others `{field}` wildcards;
-    `prefix` (the run folder) goes in front."""
-    out = _fill(template, fields)
+    """The template as a Snakemake pattern: the given fields filled in (dataset, a, b as names or keys), the
+    others `{field}` wildcards; `prefix` (the run folder) goes in front."""
+    for key in ("dataset", "a", "b"):
+        if isinstance(fields.get(key), str):
+            fields[key] = dataset_key(fields[key])
+    out = _FIELD.sub(lambda m: str(fields[m[1]]) if m[1] in fields else m[0], template)
     return f"{prefix}/{out}" if prefix else out
 
 
@@ -151,13 +142,9 @@ WILDCARDS = constraints(BACKBONE, PLUGIN, TEACHER, FINETUNE, SEARCH, EVAL, TRANS
 
 
 def _regex(template: str) -> re.Pattern:
-    out, last = [], 0
-    for m in _FIELD.finditer(template):
-        out.append(re.escape(template[last:m.start()]))
-        out.append(f"(?P<{m[1]}>{FIELDS.get(m[1], r'[^/]+')})")
-        last = m.end()
-    out.append(re.escape(template[last:]))
-    return re.compile("(?:^|/)" + "".join(out) + "$")
+    parts = _FIELD.split(template)          # literal text and field names, alternating
+    return re.compile("(?:^|/)" + "".join(f"(?P<{x}>{FIELDS.get(x, r'[^/]+')})" if i % 2 else re.escape(x)
+                                          for i, x in enumerate(parts)) + "$")
 
 
 def parse(template: str, file) -> dict:
@@ -166,11 +153,5 @@ def parse(template: str, file) -> dict:
     m = _regex(template).search(str(file).replace("\\", "/"))
     if m is None:
         raise ValueError(f"{file} is not laid out as {template}")
-    out = m.groupdict()
-    for key in INTS:
-        if key in out:
-            out[key] = int(out[key])
-    for key in ("dataset", "a", "b"):
-        if key in out:
-            out[key] = dataset_name(out[key])
-    return out
+    return {k: int(v) if k in INTS else dataset_name(v) if k in ("dataset", "a", "b") else v
+            for k, v in m.groupdict().items()}

@@ -23,12 +23,11 @@ Torch-free (the report and `select` use it; `machine` imports torch when called)
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from .errors import TocomError
-from .io import file_digest, read_safetensors_header, write_json
+from .io import file_digest, header_json, read_safetensors_header, write_json
 
 #: The header keys our model files keep their record under (classification models, Segmenters).
 RECORD_KEYS = ("tocom", "tocom_segmenter")
@@ -53,16 +52,9 @@ def own_record(path) -> dict | None:
     """The record a tocom model file keeps in its header (None: not ours, or unreadable: not lineage's business)."""
     try:
         meta = read_safetensors_header(path)[0]
-    except TocomError:
+        return next((header_json(path, meta, key, "record", "") for key in RECORD_KEYS if key in meta), None)
+    except TocomError:          # unreadable, or its record is not a JSON object
         return None
-    for key in RECORD_KEYS:
-        if key in meta:
-            try:
-                value = json.loads(meta[key])
-            except ValueError:
-                return None
-            return value if isinstance(value, dict) else None
-    return None
 
 
 def backbone_of(path, record: dict | None) -> dict | None:
@@ -87,25 +79,20 @@ def start(checkpoint, name: str | None, pretrained: bool, seed: int) -> dict:
         # existed, is taken as its own root); anything else is a pretrained backbone itself
         identity = backbone_of(checkpoint, record) or _file_identity(checkpoint, name or (record or {}).get("backbone"))
         return {"backbone": identity, "checkpoint": file_entry(checkpoint)}
-    if pretrained:
-        return {"backbone": {"kind": "timm", "name": _hub_tag(name)}, "checkpoint": None}
+    if pretrained:      # timm's full name of the hub weights (deit_base_patch16_224 -> deit_base_patch16_224.fb_in1k)
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        tag = f"{name.split('.')[0]}.{cfg.tag}" if cfg is not None and cfg.tag else name
+        return {"backbone": {"kind": "timm", "name": tag}, "checkpoint": None}
     return {"backbone": {"kind": "init", "name": name, "seed": int(seed)}, "checkpoint": None}
-
-
-def _hub_tag(name: str) -> str:
-    """timm's full name of the hub weights `name` fetches (deit_base_patch16_224 -> deit_base_patch16_224.fb_in1k)."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(name)
-    return f"{name.split('.')[0]}.{cfg.tag}" if cfg is not None and cfg.tag else name
 
 
 def data_entry(ds) -> dict:
     """What a dataset split is, as far as it can be told without reading every image."""
     root = getattr(ds, "root", None)
-    files = getattr(ds, "split_files", ()) or ()
     return {"dataset": getattr(ds, "name", type(ds).__name__), "split": getattr(ds, "split", None), "root": os.path.realpath(root) if root else None, "n": len(ds),
-            "files": {os.path.basename(f): file_digest(f) for f in files}}
+            "files": {os.path.basename(f): file_digest(f) for f in getattr(ds, "split_files", ()) or ()}}
 
 
 def comparable(entry):

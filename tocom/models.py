@@ -39,30 +39,26 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _tiny(variant: str, pretrained: bool, **defaults) -> VisionTransformer:
-    kwargs = defaults.pop("user_kwargs")
-    return _create_vision_transformer(variant, pretrained=pretrained, **{**defaults, **kwargs})
+def _tiny(variant: str, pretrained: bool, kwargs: dict, **arch) -> VisionTransformer:
+    return _create_vision_transformer(variant, pretrained=pretrained, **{"img_size": 56, "depth": 12, **arch, **kwargs})
 
 
 @register_model
 def tocom_vit_tiny_patch4_56(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """12 blocks, width 96, 3 heads, 56 px / patch 4 = 196 patches: the paper's geometry, ~0.35 GFLOPs."""
-    return _tiny("tocom_vit_tiny_patch4_56", pretrained, img_size=56, patch_size=4, embed_dim=96,
-                 depth=12, num_heads=3, user_kwargs=kwargs)
+    return _tiny("tocom_vit_tiny_patch4_56", pretrained, kwargs, patch_size=4, embed_dim=96, num_heads=3)
 
 
 @register_model
 def tocom_vit_tiny_patch8_56(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """12 blocks, width 96, 3 heads, 56 px / patch 8 = 49 patches: cheap, r runs 0..4."""
-    return _tiny("tocom_vit_tiny_patch8_56", pretrained, img_size=56, patch_size=8, embed_dim=96,
-                 depth=12, num_heads=3, user_kwargs=kwargs)
+    return _tiny("tocom_vit_tiny_patch8_56", pretrained, kwargs, patch_size=8, embed_dim=96, num_heads=3)
 
 
 @register_model
 def tocom_vit_micro_patch4_56(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """12 blocks, width 64, 2 heads, 196 patches: the paper's geometry at half the tiny cost (CPU default)."""
-    return _tiny("tocom_vit_micro_patch4_56", pretrained, img_size=56, patch_size=4, embed_dim=64,
-                 depth=12, num_heads=2, user_kwargs=kwargs)
+    return _tiny("tocom_vit_micro_patch4_56", pretrained, kwargs, patch_size=4, embed_dim=64, num_heads=2)
 
 
 def mae_pooling(name: str) -> bool:
@@ -94,8 +90,7 @@ def create_backbone(name: str, num_classes: int | None = None, checkpoint: str |
     `num_classes` replaces the head (0 removes it); a checkpoint's own head is kept when the class
     counts agree and dropped (with the new head freshly initialised) when they do not.
     """
-    base = name.split(".")[0]
-    if not timm.is_model(base):
+    if not timm.is_model(name.split(".")[0]):
         raise TocomError(f"unknown backbone {name!r}; use a timm ViT name such as {', '.join(backbone_names())}")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes

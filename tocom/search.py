@@ -52,17 +52,13 @@ def _check_scores(candidates: list[str], scores: list[dict]) -> None:
     """Candidates are comparable only when scored alike: each on a held-out split that is never test, with a
     finite score, all on the same split, dataset and backbone (else the 'best' is chosen across tasks, or on
     test, or is a NaN that wins every comparison)."""
-    for path, sc in zip(candidates, scores):
-        split = sc.get("split")
-        if not isinstance(split, str):
-            raise TocomError(f"{path} does not say which split it was scored on; rerun the search candidate")
+    for path, sc in zip(candidates, scores):       # `_read` checked their types: split a str, top1 a number
         try:
-            check_choosing_split(split, (), f"{path}: the score's split")
+            check_choosing_split(sc["split"], (), f"{path}: the score's split")
         except TocomError as e:
             raise TocomError(f"{e} (rerun the candidate with --score-split val)") from None
-        top1 = sc["top1"]
-        if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not math.isfinite(top1):
-            raise TocomError(f"{path} has top1={top1!r}, not a finite number; rerun the search candidate")
+        if not math.isfinite(sc["top1"]):
+            raise TocomError(f"{path} has top1={sc['top1']!r}, not a finite number; rerun the search candidate")
     for key in ("split", "dataset", "source_r"):
         values = {json.dumps(sc.get(key)) for sc in scores}
         if len(values) != 1:
@@ -84,10 +80,8 @@ def best(top1s: list[float]) -> int:
 def applied(settings: list[dict]) -> set[str]:
     """The searched settings a choice applies (`--chosen`): those the candidates' settings vary, or every
     searched one of a single candidate."""
-    keys = [k for k in SEARCHABLE if any(k in s for s in settings)]
-    if len(settings) == 1:
-        return set(keys)
-    return {k for k in keys if len({json.dumps(s.get(k)) for s in settings}) > 1}
+    return {k for k in SEARCHABLE if any(k in s for s in settings)
+            and (len(settings) == 1 or len({json.dumps(s.get(k)) for s in settings}) > 1)}
 
 
 def select(candidates: list[str], out: str | Path) -> dict:
@@ -95,12 +89,11 @@ def select(candidates: list[str], out: str | Path) -> dict:
     `out` (and the candidates' digests under `lineage`)."""
     scores = [_read(p) for p in candidates]
     _check_scores(candidates, scores)
-    splits = {s["split"] for s in scores}
     winner = scores[best([s["top1"] for s in scores])]["settings"]
     keys = applied([s["settings"] for s in scores])
     varied = keys if len(scores) > 1 else set()
     result = {"chosen": {k: winner[k] for k in SEARCHABLE if k in winner and k in keys},
-              "split": splits.pop(), "dataset": scores[0].get("dataset"), "backbone": scores[0].get("backbone"),
+              "split": scores[0]["split"], "dataset": scores[0].get("dataset"), "backbone": scores[0].get("backbone"),
               "candidates": [{"path": str(p), "top1": s["top1"], **{k: s["settings"].get(k) for k in varied}}
                              for p, s in zip(candidates, scores)],
               "lineage": {"candidates": [file_entry(p) for p in candidates]}}
@@ -120,8 +113,7 @@ def link_chosen(result: str | Path, models: list[str | Path], out: str | Path) -
         winner = candidates[best([float(c["top1"]) for c in candidates])]["path"]
     except (KeyError, TypeError, ValueError, IndexError):
         raise TocomError(f"{result} lists no scored candidates; rerun the search (`tocom select`)") from None
-    by_score = {os.path.abspath(f"{m}{SCORE}"): Path(m) for m in models}
-    model = by_score.get(os.path.abspath(winner))
+    model = {os.path.abspath(f"{m}{SCORE}"): Path(m) for m in models}.get(os.path.abspath(winner))   # by score file
     if model is None or not model.is_file():
         raise TocomError(f"{result} chose {winner}, whose model is not among the given candidates (or missing); "
                          "pass every candidate's model with --candidates, or rerun the search")
@@ -155,10 +147,9 @@ def read_chosen(path: str | Path, dataset: str | None = None, backbone: dict | N
     if not isinstance(chosen, dict):
         raise TocomError(f"{path}: its 'chosen' is a JSON {type(chosen).__name__}, not a mapping of settings to "
                          "values; rerun the search (`tocom select`)")
-    searched = data.get("dataset") if isinstance(data, dict) else None
+    searched, origin = data.get("dataset"), data.get("backbone")     # `data["chosen"]` worked: data is a dict
     if dataset and searched and searched != dataset:
         raise TocomError(f"{path} was searched on {searched}, not {dataset}; apply the search result of this dataset")
-    origin = data.get("backbone") if isinstance(data, dict) else None
     if backbone and isinstance(origin, dict) and not same_backbone(origin, backbone):
         raise TocomError(f"{path} was searched on {describe(origin)}, but this fine-tune starts from "
                          f"{describe(backbone)}; apply the search result of this backbone")

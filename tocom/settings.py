@@ -18,6 +18,7 @@ are small dataclasses of their own at the end. Torch-free: the Snakefile imports
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import shlex
@@ -90,15 +91,11 @@ def setting(default, help: str, *, choices: tuple | None = None, check: str | No
 
 def _base_type(tp):
     """(element type, is_sequence, optional) of a field annotation."""
-    optional = False
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        optional, tp = True, args[0]
-        origin = typing.get_origin(tp)
-    if origin in (tuple, list):
-        return typing.get_args(tp)[0], True, optional
-    return tp, False, optional
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    if optional:
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    seq = typing.get_origin(tp) in (tuple, list)
+    return (typing.get_args(tp)[0] if seq else tp), seq, optional
 
 
 @dataclass(frozen=True)
@@ -118,19 +115,14 @@ class Settings:
                 continue
             if seq and not isinstance(value, (list, tuple)):
                 raise TocomError(f"{self.stage}.{f.name} must be a list, got {value!r}")
-            items = list(value) if seq else [value]
-            if seq:
-                object.__setattr__(self, f.name, tuple(_coerce(self.stage, f.name, v, tp) for v in items))
-                items = list(getattr(self, f.name))
-                if not items:
-                    raise TocomError(f"{self.stage}.{f.name} needs at least one value")
-                repeated = sorted({v for v in items if items.count(v) > 1}, key=str)
-                if repeated:
-                    raise TocomError(f"{self.stage}.{f.name} lists {', '.join(map(_fmt, repeated))} more than once; "
-                                     "give each value once")
-            else:
-                object.__setattr__(self, f.name, _coerce(self.stage, f.name, value, tp))
-                items = [getattr(self, f.name)]
+            items = [_coerce(self.stage, f.name, v, tp) for v in (value if seq else [value])]
+            object.__setattr__(self, f.name, tuple(items) if seq else items[0])
+            if not items:
+                raise TocomError(f"{self.stage}.{f.name} needs at least one value")
+            repeated = sorted({v for v in items if items.count(v) > 1}, key=str)
+            if repeated:
+                raise TocomError(f"{self.stage}.{f.name} lists {', '.join(map(_fmt, repeated))} more than once; "
+                                 "give each value once")
             for v in items:
                 _check(self.stage, f, v)
 
@@ -158,13 +150,10 @@ class Settings:
         for f in fields(self):
             value, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
             if isinstance(value, bool):
-                parts.append(flag if value else "--no-" + f.name.replace("_", "-"))
-            elif value is None:
-                parts.append(f"{flag} none")
-            elif isinstance(value, tuple):
-                parts.append(flag + " " + " ".join(shlex.quote(_fmt(v)) for v in value))
+                parts.append(flag if value else "--no-" + flag[2:])
             else:
-                parts.append(f"{flag} {shlex.quote(_fmt(value))}")
+                values = value if isinstance(value, tuple) else ["none" if value is None else value]
+                parts.append(" ".join([flag, *(shlex.quote(_fmt(v)) for v in values)]))
         return " ".join(parts)
 
     @classmethod
@@ -177,17 +166,12 @@ class Settings:
         group = parser.add_argument_group(f"{cls.stage} settings (defaults: tocom/settings.py {cls.__name__})")
         for f in fields(cls):
             tp, seq, optional = _base_type(hints[f.name])
-            flag = "--" + f.name.replace("_", "-")
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             choices = f.metadata["choices"]
-            help = f"{f.metadata['help']} ({f'one of {_choices(choices)}; ' if choices else ''}default: {default})"
-            if tp is bool:
-                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                   default=argparse.SUPPRESS, help=help)
-                continue
-            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=help,
-                               type=_parser(tp, optional), nargs="+" if seq else None,
-                               metavar=f.name.upper(), choices=choices)
+            help = f"{f.metadata['help']} ({f'one of {_choices(choices)}; ' if choices else ''}default: {_default(f)})"
+            how = (dict(action=argparse.BooleanOptionalAction) if tp is bool else dict(
+                type=_parser(tp, optional), nargs="+" if seq else None, metavar=f.name.upper(), choices=choices))
+            group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS, help=help,
+                               **how)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace):
@@ -275,16 +259,16 @@ def _parser(tp, optional: bool):
 
 
 def _coerce(stage, name, value, tp):
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):      # YAML reads 1e-3 (no dot) as a string
-        try:
+    if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):      # YAML reads 1e-3 (no dot) as a string
             return float(value)
-        except ValueError:
-            pass
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise TocomError(f"{stage}.{name} must be {tp.__name__}, got {value!r}")
     return value
+
+
+_CHECKS = {"positive": (lambda v: v > 0, "> 0"), "nonneg": (lambda v: v >= 0, ">= 0"),
+           "unit": (lambda v: 0 <= v <= 1, "within [0, 1]")}
 
 
 def _check(stage, f, v) -> None:
@@ -293,12 +277,8 @@ def _check(stage, f, v) -> None:
         raise TocomError(f"{stage}.{f.name} must be one of {', '.join(map(str, choices))}, got {v!r}")
     if isinstance(v, float) and not math.isfinite(v):
         raise TocomError(f"{stage}.{f.name} must be a finite number, got {v!r}")
-    if check == "positive" and not v > 0:
-        raise TocomError(f"{stage}.{f.name} must be > 0, got {v!r}")
-    if check == "nonneg" and not v >= 0:
-        raise TocomError(f"{stage}.{f.name} must be >= 0, got {v!r}")
-    if check == "unit" and not 0 <= v <= 1:
-        raise TocomError(f"{stage}.{f.name} must be within [0, 1], got {v!r}")
+    if check and not _CHECKS[check][0](v):
+        raise TocomError(f"{stage}.{f.name} must be {_CHECKS[check][1]}, got {v!r}")
     if f.metadata["maximum"] is not None and v > f.metadata["maximum"]:
         raise TocomError(f"{stage}.{f.name} must be <= {f.metadata['maximum']}, got {v!r}")
 
@@ -461,10 +441,8 @@ class SearchSettings(Settings):
     def candidates(self) -> list[dict]:
         """Every combination of the searched settings, as field overrides of FinetuneSettings."""
         grid = [{}]
-        for name in SEARCHABLE:
-            values = getattr(self, name)
-            if values:
-                grid = [{**g, name: v} for g in grid for v in values]
+        for name in (n for n in SEARCHABLE if getattr(self, n)):
+            grid = [{**g, name: v} for g in grid for v in getattr(self, name)]
         return grid if grid != [{}] else []
 
 
@@ -472,14 +450,12 @@ class SearchSettings(Settings):
 class EvalSettings(Settings):
     """Cross-evaluation at every target degree, with s chosen on held-out data (Sec. 5.1)."""
     stage = "evaluate"
-    scales: tuple[float, ...] = setting([0.01, 0.02, 0.05, 0.08, 0.1, 0.12, 0.15],
-                                        "inference scale grid s (Sec. 5.1), for a plugin trained at s = grid_scale",
-                                        check="positive")
+    scales: tuple[float, ...] = setting([0.01, 0.02, 0.05, 0.08, 0.1, 0.12, 0.15], "inference scale grid s (Sec. 5.1), "
+                                        "for a plugin trained at s = grid_scale", check="positive")
     grid_scale: float = setting(SCALE, "training s the grid is written for; a plugin trained at another s is "
                                 "evaluated on the grid x (its s / grid_scale) (Table 6)", check="positive")
     splits: tuple[str, ...] = setting(["val", "test"], "splits to report", choices=SPLITS)
-    select_split: str = setting("val", "split that picks s (never one the selecting model trained on)",
-                                choices=SPLITS)
+    select_split: str = setting("val", "split that picks s (never one the selecting model trained on)", choices=SPLITS)
     batch_size: int = setting(256, "evaluation batch size", check="positive")
     limit: int | None = setting(None, "evaluate at most this many images per split", check="positive")
 
@@ -488,8 +464,7 @@ class EvalSettings(Settings):
         check_choosing_split(self.select_split, self.splits, f"{self.stage}.select_split")
 
     def grid_for(self, train_scale: float) -> tuple[float, ...]:
-        factor = train_scale / self.grid_scale
-        return tuple(round(s * factor, 12) for s in self.scales)
+        return tuple(round(s * (train_scale / self.grid_scale), 12) for s in self.scales)
 
 
 @dataclass(frozen=True)
@@ -502,7 +477,6 @@ class BenchSettings(Settings):
     source_r: int = setting(0, "plugin check: the degree the model is taken as fine-tuned at", check="nonneg")
     plugin_rank: int = setting(2, "plugin check: rank h of each random ToCom group", check="positive")
     switch_repeats: int = setting(50, "plugin check: timed switches (and floors) per move", check="positive")
-
 
 
 # ---- command-line-only settings: what a command is pointed at, which the workflow gives per job ----------

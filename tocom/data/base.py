@@ -33,16 +33,14 @@ def data_error(path: str, expected: str, how: str) -> TocomError:
     return TocomError(" ".join(msg.split()))
 
 
-def require_file(path: str, expected: str, how: str) -> str:
-    if not os.path.isfile(path):
+def require_file(path: str, expected: str, how: str, exists: Callable[[str], bool] = os.path.isfile) -> str:
+    if not exists(path):
         raise data_error(path, expected, how)
     return path
 
 
 def require_dir(path: str, expected: str, how: str) -> str:
-    if not os.path.isdir(path):
-        raise data_error(path, expected, how)
-    return path
+    return require_file(path, expected, how, os.path.isdir)
 
 
 class TocomDataset(Dataset):
@@ -65,10 +63,8 @@ class TocomDataset(Dataset):
         self.transform: Callable | None = None
         bad = [t for t in self.targets if not 0 <= t < self.num_classes]
         if bad:
-            raise TocomError(
-                f"{name}: label {bad[0]} is outside 0..{self.num_classes - 1} in split "
-                f"'{split}'; the dataset files are malformed or belong to another dataset"
-            )
+            raise TocomError(f"{name}: label {bad[0]} is outside 0..{self.num_classes - 1} in split "
+                             f"'{split}'; the dataset files are malformed or belong to another dataset")
 
     def load(self, record: int) -> Image.Image:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -97,10 +93,8 @@ class TocomDataset(Dataset):
         return self
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, "
-            f"len={len(self)}, num_classes={self.num_classes})"
-        )
+        return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, "
+                f"len={len(self)}, num_classes={self.num_classes})")
 
 
 #: What PIL raises for a file it cannot decode; DecompressionBombError is an image whose header claims more
@@ -141,9 +135,8 @@ class ArrayDataset(TocomDataset):
         super().__init__(name, split, targets, num_classes)
 
     def load(self, record: int) -> Image.Image:
-        arr = self.images[record]
-        img = Image.fromarray(np.ascontiguousarray(arr))  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
-        return img.convert("RGB")
+        # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
+        return Image.fromarray(np.ascontiguousarray(self.images[record])).convert("RGB")
 
 
 def stratified_pick(targets: Sequence[int], n_pick: int, seed: int) -> np.ndarray:
@@ -169,11 +162,7 @@ def stratified_pick(targets: Sequence[int], n_pick: int, seed: int) -> np.ndarra
     if left > 0:
         rank = np.lexsort((rng.random(len(classes)), -(quota - take)))
         take[rank[:left]] += 1
-    picked = [
-        rng.choice(order[s : s + c], size=k, replace=False)
-        for s, c, k in zip(starts, counts, take)
-        if k > 0
-    ]
+    picked = [rng.choice(order[s : s + c], size=k, replace=False) for s, c, k in zip(starts, counts, take) if k > 0]
     return np.sort(np.concatenate(picked))
 
 
@@ -190,7 +179,5 @@ def holdout_positions(targets: Sequence[int], split: str, seed: int, frac: float
     if split == "val":
         return held
     if split == "train":
-        mask = np.ones(n, dtype=bool)
-        mask[held] = False
-        return np.flatnonzero(mask)
+        return np.setdiff1d(np.arange(n), held)
     raise ValueError(f"holdout_positions: unexpected split {split!r}")

@@ -57,8 +57,6 @@ SOURCES_FILE = "sources.txt"
 TASK_MARKER = "tocom-task.json"
 WRITER = "tocom make-tasks"
 
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot")
 #: new label -> the Fashion-MNIST classes it groups
 CATEGORY_GROUPS = ((0, 2, 4, 6), (1, 3), (5, 7, 9), (8,))      # upper body, legs/full body, footwear, bag
 SEASON_GROUPS = ((0, 3, 5), (2, 4, 9), (1, 6, 7, 8))           # warm, cold, any
@@ -144,22 +142,13 @@ def _one_blob(mask: np.ndarray) -> bool:
 # Each generator: (sources, rng, label) -> (56x56 uint8 image, [t10k indices of its items]).
 
 
-def _grouped(groups, size):
+def _grouped(groups, size, noise: int = 0):
+    """One item whose class is in `groups[label]`, `size` px, anywhere on a black (or `noise`) canvas."""
     def make(src: _Sources, rng: np.random.Generator, label: int):
         idx = src.draw(groups[label])
-        return _anywhere(rng, _blank(), _resize(src.images[idx], _size(rng, size))), [idx]
+        canvas = rng.integers(0, noise + 1, size=(CANVAS, CANVAS), dtype=np.uint8) if noise else _blank()
+        return _anywhere(rng, canvas, _resize(src.images[idx], _size(rng, size))), [idx]
     return make
-
-
-def _make_tops(src, rng, label):
-    idx = src.draw((TOPS_CLASSES[label],))
-    canvas = rng.integers(0, TOPS_NOISE + 1, size=(CANVAS, CANVAS), dtype=np.uint8)
-    return _anywhere(rng, canvas, _resize(src.images[idx], _size(rng, TOPS_SIZE))), [idx]
-
-
-def _make_small(src, rng, label):
-    idx = src.draw((label,))
-    return _anywhere(rng, _blank(), _resize(src.images[idx], _size(rng, SMALL_SIZE))), [idx]
 
 
 def _place_apart(rng: np.random.Generator, sizes: list[int]) -> list[tuple[int, int]]:
@@ -224,9 +213,9 @@ TASKS: dict[str, TaskSpec] = {
                        "any (trouser, shirt, sneaker, bag) (one item, 32-48 px, anywhere)",
                        _grouped(SEASON_GROUPS, WHOLE_SIZE)),
     "tops": TaskSpec(2, "specialized", 4, "which top: T-shirt, pullover, coat or shirt (one item, 28-36 px, anywhere, "
-                     "on faint uniform noise)", _make_tops),
+                     "on faint uniform noise)", _grouped([(c,) for c in TOPS_CLASSES], TOPS_SIZE, TOPS_NOISE)),
     "small": TaskSpec(3, "specialized", 10, "the 10 Fashion-MNIST classes, the item shrunk to 14-20 px "
-                      "(a few 8x8 patches), anywhere", _make_small),
+                      "(a few 8x8 patches), anywhere", _grouped([(c,) for c in range(10)], SMALL_SIZE)),
     "count": TaskSpec(4, "structured", COUNT_MAX, "how many items, 1..5 (label = count - 1; items 14-18 px, "
                       "1 px apart at least)", _make_count),
     "orientation": TaskSpec(5, "structured", 4, "rotation of one item (36-44 px, near the centre) by 0, 90, 180 "
@@ -298,10 +287,8 @@ def _write_task(tmp: str, spec: TaskSpec, images, labels, seed: int, sizes: dict
             Image.fromarray(img).save(os.path.join(tmp, rel), format="PNG")
             lines[split].append(f"{rel} {int(label)}\n")
             sources.append(f"{rel} {','.join(str(j) for j in idx)}\n")
-    files = {VTAB_SPLIT_FILES[s]: lines[s] for s in ("train", "val", "test")}
-    files[VTAB_SPLIT_FILES["trainval"]] = lines["train"] + lines["val"]
-    files[SOURCES_FILE] = sources
-    for name, content in files.items():
+    lines["trainval"] = lines["train"] + lines["val"]
+    for name, content in [(VTAB_SPLIT_FILES[s], lines[s]) for s in lines] + [(SOURCES_FILE, sources)]:
         with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
             f.writelines(content)
 

@@ -18,24 +18,12 @@ import numpy as np
 import scipy.io
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from .base import (
-    DEFAULT_SPLIT_SEED,
-    ArrayDataset,
-    FileListDataset,
-    data_error,
-    holdout_positions,
-    require_dir,
-    require_file,
-)
+from .base import (DEFAULT_SPLIT_SEED, ArrayDataset, FileListDataset, data_error, holdout_positions, require_dir,
+                   require_file)
 from ..errors import TocomError
 from ..layout import VTAB_SPLIT_FILES
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _official(split: str) -> str:
-    """Which official split a requested split is carved from."""
-    return "test" if split == "test" else "train"
 
 
 def _holdout(ds, split: str, split_seed: int):
@@ -76,10 +64,8 @@ def _mat_vector(x) -> np.ndarray:
 
 # --------------------------------------------------------------------------- ImageNet
 
-IMAGENET_HOW = (
-    "download ILSVRC2012 from image-net.org and arrange it as root/train/<wnid>/*.JPEG and "
-    "root/val/<wnid>/*.JPEG (sort the flat val folder into wnid folders with the usual valprep.sh)"
-)
+IMAGENET_HOW = ("download ILSVRC2012 from image-net.org and arrange it as root/train/<wnid>/*.JPEG and "
+                "root/val/<wnid>/*.JPEG (sort the flat val folder into wnid folders with the usual valprep.sh)")
 
 
 def build_imagenet(spec, root: str, split: str, seed: int, split_seed: int = DEFAULT_SPLIT_SEED):
@@ -96,16 +82,16 @@ def build_imagenet(spec, root: str, split: str, seed: int, split_seed: int = DEF
         raise data_error(src, f"one sub-folder of images per wnid ({msg})", IMAGENET_HOW) from None
     if len(classes) > spec.num_classes:
         raise data_error(class_dir, f"at most {spec.num_classes} wnid folders, found {len(classes)}", IMAGENET_HOW)
-    ds = FileListDataset(
-        spec.name, split, [p for p, _ in samples], [t for _, t in samples], spec.num_classes, IMAGENET_HOW, check_files=False
-    )
+    ds = FileListDataset(spec.name, split, [p for p, _ in samples], [t for _, t in samples], spec.num_classes,
+                         IMAGENET_HOW, check_files=False)
     ds.classes = classes
     return _holdout(ds, split, split_seed)
 
 
 # --------------------------------------------------------------------------- CIFAR-100
 
-CIFAR_HOW = "download cifar-100-python.tar.gz (the python version) from cs.toronto.edu/~kriz/cifar.html and extract it under root"
+CIFAR_HOW = ("download cifar-100-python.tar.gz (the python version) from cs.toronto.edu/~kriz/cifar.html and "
+             "extract it under root")
 
 # What the official release's pickles (written by Python 2's cPickle) and the same dicts re-pickled by
 # Python 3 may name: numpy's array and scalar reconstructors, numpy.ndarray/dtype, plain containers.
@@ -147,12 +133,9 @@ class _CifarUnpickler(pickle.Unpickler):
             return self.allowed[(module, name)]
         if module in ("builtins", "__builtin__") and name in _PICKLE_BUILTINS:
             return super().find_class(module, name)
-        raise data_error(
-            self.path,
-            "a CIFAR-100 pickle, which holds only numpy arrays, lists and bytes",
-            f"it asks to call {module}.{name}, so it was refused unread (a pickle naming other code can run it); "
-            f"delete the file and {CIFAR_HOW}",
-        )
+        raise data_error(self.path, "a CIFAR-100 pickle, which holds only numpy arrays, lists and bytes",
+                         f"it asks to call {module}.{name}, so it was refused unread (a pickle naming other code can "
+                         f"run it); delete the file and {CIFAR_HOW}")
 
 
 def _read_cifar_pickle(path: str):
@@ -163,13 +146,9 @@ def _read_cifar_pickle(path: str):
 def build_cifar100(spec, root: str, split: str, seed: int, split_seed: int = DEFAULT_SPLIT_SEED):
     """The python pickle release; root may be the folder holding `cifar-100-python` or that folder itself."""
     base = os.path.join(root, "cifar-100-python")
-    if not os.path.isdir(base):
-        base = root
-    path = require_file(
-        os.path.join(base, _official(split)),
-        "the CIFAR-100 python pickle (a dict with b'data' and b'fine_labels')",
-        CIFAR_HOW,
-    )
+    base = base if os.path.isdir(base) else root
+    path = require_file(os.path.join(base, "test" if split == "test" else "train"),
+                        "the CIFAR-100 python pickle (a dict with b'data' and b'fine_labels')", CIFAR_HOW)
     try:
         d = _read_cifar_pickle(path)
         data = np.asarray(d[b"data"], dtype=np.uint8)
@@ -178,9 +157,8 @@ def build_cifar100(spec, root: str, split: str, seed: int, split_seed: int = DEF
     except TocomError:
         raise
     except Exception as e:
-        raise data_error(
-            path, f"a pickled dict with b'data' (N, 3072 uint8) and b'fine_labels' ({type(e).__name__}: {e})", CIFAR_HOW
-        ) from None
+        raise data_error(path, f"a pickled dict with b'data' (N, 3072 uint8) and b'fine_labels' ({type(e).__name__}: "
+                         f"{e})", CIFAR_HOW) from None
     if len(images) != len(labels):
         raise data_error(path, f"as many b'fine_labels' as images ({len(labels)} vs {len(images)})", CIFAR_HOW)
     ds = ArrayDataset(spec.name, split, images, labels, spec.num_classes)
@@ -197,14 +175,14 @@ def build_cifar100(spec, root: str, split: str, seed: int, split_seed: int = DEF
 
 # --------------------------------------------------------------------------- FGVC
 
-CUB_HOW = "download CUB_200_2011.tgz from the Caltech-UCSD Birds-200-2011 page (data.caltech.edu) and extract it under root"
+CUB_HOW = ("download CUB_200_2011.tgz from the Caltech-UCSD Birds-200-2011 page (data.caltech.edu) and extract it "
+           "under root")
 
 
 def build_cub200(spec, root: str, split: str, seed: int, split_seed: int = DEFAULT_SPLIT_SEED):
     """CUB_200_2011: images.txt (id path), image_class_labels.txt (id class 1..200), train_test_split.txt (id is_train)."""
     base = os.path.join(root, "CUB_200_2011")
-    if not os.path.isdir(base):
-        base = root
+    base = base if os.path.isdir(base) else root
     def table(fname: str, expected: str) -> dict[int, str]:
         path = os.path.join(base, fname)
         out = {}
@@ -223,11 +201,8 @@ def build_cub200(spec, root: str, split: str, seed: int, split_seed: int = DEFAU
         try:
             label, train = int(labels[img_id]), int(is_train[img_id])
         except (KeyError, ValueError):
-            raise data_error(
-                os.path.join(base, "image_class_labels.txt"),
-                f"an integer class and train/test flag for image id {img_id} (also in train_test_split.txt)",
-                CUB_HOW,
-            ) from None
+            raise data_error(os.path.join(base, "image_class_labels.txt"), f"an integer class and train/test flag "
+                             f"for image id {img_id} (also in train_test_split.txt)", CUB_HOW) from None
         if bool(train) == want_train:
             paths.append(os.path.join(base, "images", images[img_id]))
             targets.append(label - 1)
@@ -235,10 +210,8 @@ def build_cub200(spec, root: str, split: str, seed: int, split_seed: int = DEFAU
     return _holdout(ds, split, split_seed)
 
 
-CARS_HOW = (
-    "get the Stanford Cars release (cars_train/, cars_test/, devkit/ and cars_test_annos_withlabels.mat, "
-    "e.g. from the Kaggle mirror of ai.stanford.edu/~jkrause/cars) and extract it under root"
-)
+CARS_HOW = ("get the Stanford Cars release (cars_train/, cars_test/, devkit/ and cars_test_annos_withlabels.mat, "
+            "e.g. from the Kaggle mirror of ai.stanford.edu/~jkrause/cars) and extract it under root")
 
 
 def build_stanford_cars(spec, root: str, split: str, seed: int, split_seed: int = DEFAULT_SPLIT_SEED):
@@ -271,7 +244,7 @@ DOGS_HOW = "download images.tar and lists.tar from vision.stanford.edu/aditya86/
 
 def build_stanford_dogs(spec, root: str, split: str, seed: int, split_seed: int = DEFAULT_SPLIT_SEED):
     """Images/<wnid-breed>/*.jpg + {train,test}_list.mat with 'file_list' (relative to Images/) and 'labels' (1..120)."""
-    mat_path = os.path.join(root, f"{_official(split)}_list.mat")
+    mat_path = os.path.join(root, "test_list.mat" if split == "test" else "train_list.mat")
     expected = "a MATLAB file with 'file_list' (paths relative to Images/) and 'labels' (1..120)"
     mat = _loadmat(mat_path, ("file_list", "labels"), expected, DOGS_HOW)
     files = [_mat_str(f) for f in np.atleast_1d(mat["file_list"]).reshape(-1)]
@@ -283,10 +256,8 @@ def build_stanford_dogs(spec, root: str, split: str, seed: int, split_seed: int 
     return _holdout(ds, split, split_seed)
 
 
-FLOWERS_HOW = (
-    "download 102flowers.tgz, imagelabels.mat and setid.mat from robots.ox.ac.uk/~vgg/data/flowers/102 "
-    "and put them (jpg/ extracted) under root"
-)
+FLOWERS_HOW = ("download 102flowers.tgz, imagelabels.mat and setid.mat from robots.ox.ac.uk/~vgg/data/flowers/102 "
+               "and put them (jpg/ extracted) under root")
 
 
 def build_oxford_flowers102(spec, root: str, split: str, seed: int, split_seed: int = DEFAULT_SPLIT_SEED):
@@ -294,12 +265,11 @@ def build_oxford_flowers102(spec, root: str, split: str, seed: int, split_seed: 
 
     This release has an official val split: train=trnid, val=valid, trainval=both, test=tstid.
     """
-    labels = _mat_vector(
-        _loadmat(os.path.join(root, "imagelabels.mat"), ("labels",), "a MATLAB file with 'labels' (1..102)", FLOWERS_HOW)["labels"]
-    ).astype(np.int64)
-    setid = _loadmat(
-        os.path.join(root, "setid.mat"), ("trnid", "valid", "tstid"), "a MATLAB file with trnid, valid and tstid", FLOWERS_HOW
-    )
+    labels = _loadmat(os.path.join(root, "imagelabels.mat"), ("labels",), "a MATLAB file with 'labels' (1..102)",
+                      FLOWERS_HOW)["labels"]
+    labels = _mat_vector(labels).astype(np.int64)
+    setid = _loadmat(os.path.join(root, "setid.mat"), ("trnid", "valid", "tstid"),
+                     "a MATLAB file with trnid, valid and tstid", FLOWERS_HOW)
     keys = {"train": ["trnid"], "val": ["valid"], "trainval": ["trnid", "valid"], "test": ["tstid"]}[split]
     ids = np.concatenate([_mat_vector(setid[k]).astype(np.int64) for k in keys])
     if len(ids) and (ids.min() < 1 or ids.max() > len(labels)):
@@ -311,10 +281,8 @@ def build_oxford_flowers102(spec, root: str, split: str, seed: int, split_seed: 
 
 # --------------------------------------------------------------------------- VTAB-1k
 
-VTAB_HOW = (
-    "get the VTAB-1k folder distributed with the VPT/NOAH benchmarks (e.g. NOAH's vtab-1k.zip) and unpack it "
-    "so that root/<task>/ holds images/ and train800.txt, val200.txt, train800val200.txt, test.txt"
-)
+VTAB_HOW = ("get the VTAB-1k folder distributed with the VPT/NOAH benchmarks (e.g. NOAH's vtab-1k.zip) and unpack it "
+            "so that root/<task>/ holds images/ and train800.txt, val200.txt, train800val200.txt, test.txt")
 
 
 def build_vtab(spec, root: str, split: str, seed: int):

@@ -49,49 +49,35 @@ def _register(spec: DatasetSpec) -> None:
     _REGISTRY[spec.name] = spec
 
 
-HOLDOUT = (
-    "No official val split: 'trainval' = official train, 'val' = stratified 10 % of it, "
-    "'train' = the other 90 %, 'test' = official test."
-)
+HOLDOUT = ("No official val split: 'trainval' = official train, 'val' = stratified 10 % of it, "
+           "'train' = the other 90 %, 'test' = official test.")
 
-_register(DatasetSpec(
-    name="imagenet", num_classes=1000, group="imagenet", default_root="data/imagenet",
-    layout="ImageFolder: root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG; class index = sorted wnid order. "
-    "'test' = the official val set; 'val' = stratified 10 % held out from train, 'train' = the other 90 %, "
-    "'trainval' = all of train.",
-    how_to_get=folders.IMAGENET_HOW, builder=folders.build_imagenet,
-))
-_register(DatasetSpec(
-    name="cifar100", num_classes=100, group="cifar", default_root="data/cifar100",
-    layout="Python pickle release: root/cifar-100-python/{train,test,meta} (root may also be cifar-100-python itself); "
-    "dicts with b'data' (N, 3072 uint8, CHW) and b'fine_labels'. " + HOLDOUT,
-    how_to_get=folders.CIFAR_HOW, builder=folders.build_cifar100,
-))
-_register(DatasetSpec(
-    name="cub200", num_classes=200, group="fgvc", default_root="data/cub200",
-    layout="root/CUB_200_2011/ (or root itself) with images/<class>/*.jpg, images.txt (id path), "
-    "image_class_labels.txt (id class, 1-based), train_test_split.txt (id is_train). " + HOLDOUT,
-    how_to_get=folders.CUB_HOW, builder=folders.build_cub200,
-))
-_register(DatasetSpec(
-    name="stanford_cars", num_classes=196, group="fgvc", default_root="data/stanford_cars",
-    layout="root/cars_train/*.jpg, root/cars_test/*.jpg, root/devkit/cars_train_annos.mat and "
-    "root/cars_test_annos_withlabels.mat (or under devkit/); 'annotations' struct arrays with fields "
-    "bbox_*, class (1-based) and fname. " + HOLDOUT,
-    how_to_get=folders.CARS_HOW, builder=folders.build_stanford_cars,
-))
-_register(DatasetSpec(
-    name="stanford_dogs", num_classes=120, group="fgvc", default_root="data/stanford_dogs",
-    layout="root/Images/<wnid-breed>/*.jpg plus root/train_list.mat and root/test_list.mat with "
-    "'file_list' (paths relative to Images/), 'annotation_list' and 'labels' (1-based). " + HOLDOUT,
-    how_to_get=folders.DOGS_HOW, builder=folders.build_stanford_dogs,
-))
-_register(DatasetSpec(
-    name="oxford_flowers102", num_classes=102, group="fgvc", default_root="data/oxford_flowers102",
-    layout="root/jpg/image_NNNNN.jpg, root/imagelabels.mat ('labels', 1-based) and root/setid.mat "
-    "(trnid/valid/tstid, 1-based image ids). Official splits: train=trnid, val=valid, trainval=both, test=tstid.",
-    how_to_get=folders.FLOWERS_HOW, builder=folders.build_oxford_flowers102,
-))
+def _release(name: str, num_classes: int, group: str, how_to_get: str, builder: Callable, layout: str) -> None:
+    """Register a dataset read from its official release, by default under data/<name>."""
+    _register(DatasetSpec(name, num_classes, group, f"data/{name}", layout, how_to_get, builder=builder))
+
+
+_release("imagenet", 1000, "imagenet", folders.IMAGENET_HOW, folders.build_imagenet,
+         "ImageFolder: root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG; class index = sorted wnid order. "
+         "'test' = the official val set; 'val' = stratified 10 % held out from train, 'train' = the other 90 %, "
+         "'trainval' = all of train.")
+_release("cifar100", 100, "cifar", folders.CIFAR_HOW, folders.build_cifar100,
+         "Python pickle release: root/cifar-100-python/{train,test,meta} (root may also be cifar-100-python "
+         "itself); dicts with b'data' (N, 3072 uint8, CHW) and b'fine_labels'. " + HOLDOUT)
+_release("cub200", 200, "fgvc", folders.CUB_HOW, folders.build_cub200,
+         "root/CUB_200_2011/ (or root itself) with images/<class>/*.jpg, images.txt (id path), "
+         "image_class_labels.txt (id class, 1-based), train_test_split.txt (id is_train). " + HOLDOUT)
+_release("stanford_cars", 196, "fgvc", folders.CARS_HOW, folders.build_stanford_cars,
+         "root/cars_train/*.jpg, root/cars_test/*.jpg, root/devkit/cars_train_annos.mat and "
+         "root/cars_test_annos_withlabels.mat (or under devkit/); 'annotations' struct arrays with fields "
+         "bbox_*, class (1-based) and fname. " + HOLDOUT)
+_release("stanford_dogs", 120, "fgvc", folders.DOGS_HOW, folders.build_stanford_dogs,
+         "root/Images/<wnid-breed>/*.jpg plus root/train_list.mat and root/test_list.mat with "
+         "'file_list' (paths relative to Images/), 'annotation_list' and 'labels' (1-based). " + HOLDOUT)
+_release("oxford_flowers102", 102, "fgvc", folders.FLOWERS_HOW, folders.build_oxford_flowers102,
+         "root/jpg/image_NNNNN.jpg, root/imagelabels.mat ('labels', 1-based) and root/setid.mat "
+         "(trnid/valid/tstid, 1-based image ids). Official splits: train=trnid, val=valid, trainval=both, "
+         "test=tstid.")
 
 #: The 19 VTAB-1k tasks (task -> group) in the benchmark's usual order.
 VTAB_TASKS: dict[str, str] = {
@@ -157,14 +143,11 @@ for _name, (_fn, _k, _group, (_ntr, _nva, _nte)) in synthetic.SYNTH_TASKS.items(
     ))
 
 # Segmentation (appendix, Table 11): items are (FloatTensor[3, H, W], LongTensor[H, W]) with ignore label 255.
-_register(DatasetSpec(
-    name="ade20k", num_classes=150, group="segmentation", default_root="data/ade20k",
-    layout="MIT Scene Parsing release: root/ADEChallengeData2016/ (or root itself) with images/{training,validation}/*.jpg "
-    "and annotations/{training,validation}/*.png (same stem; 0 = other -> ignore 255, 1..150 -> classes 0..149). "
-    "'test' = the official validation set (2,000 images); 'trainval' = official training (20,210), 'val' = a fixed "
-    "10 % of it, 'train' = the other 90 %.",
-    how_to_get=segmentation.ADE_HOW, builder=segmentation.build_ade20k,
-))
+_release("ade20k", 150, "segmentation", segmentation.ADE_HOW, segmentation.build_ade20k,
+         "MIT Scene Parsing release: root/ADEChallengeData2016/ (or root itself) with "
+         "images/{training,validation}/*.jpg and annotations/{training,validation}/*.png (same stem; 0 = other -> "
+         "ignore 255, 1..150 -> classes 0..149). 'test' = the official validation set (2,000 images); 'trainval' = "
+         "official training (20,210), 'val' = a fixed 10 % of it, 'train' = the other 90 %.")
 _register(DatasetSpec(
     name="fashion_mnist_seg", num_classes=11, group="segmentation", default_root=small.FASHION_ROOT,
     layout="Procedural scenes of Fashion-MNIST items (the fashion_mnist IDX files): 1-3 items pasted on a 56 px noise "
@@ -207,16 +190,8 @@ def resolve_root(spec: DatasetSpec, root: str | None) -> str | None:
     return root
 
 
-def build_dataset(
-    name: str,
-    root: str | None = None,
-    split: str = "train",
-    img_size: int = 224,
-    transform: str | None = None,
-    seed: int = 0,
-    limit: int | None = None,
-    **kwargs,
-) -> TocomDataset:
+def build_dataset(name: str, root: str | None = None, split: str = "train", img_size: int = 224,
+                  transform: str | None = None, seed: int = 0, limit: int | None = None, **kwargs) -> TocomDataset:
     """Build one split of a registered dataset; items are (FloatTensor[3, img_size, img_size], int).
 
     kwargs: `augment` (bool) forces the training/eval variant of the "deit" recipe (default:
@@ -237,10 +212,8 @@ def build_dataset(
     accepted = set(inspect.signature(spec.builder).parameters) - {"spec", "root", "split", "seed"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise TocomError(
-            f"{name}: unknown option(s) {', '.join(unknown)}; accepted: "
-            f"{', '.join(sorted(accepted | {'augment', 'interpolation'}))}"
-        )
+        raise TocomError(f"{name}: unknown option(s) {', '.join(unknown)}; accepted: "
+                         f"{', '.join(sorted(accepted | {'augment', 'interpolation'}))}")
     root = resolve_root(spec, root)
     ds = spec.builder(spec, root, split, int(seed), **kwargs)
     if len(ds) == 0:

@@ -120,10 +120,9 @@ def build_seg_transform(kind: str, img_size: int, train: bool) -> SegTransform:
     """
     if kind == "small":
         return SegTransform(img_size, "fixed", train, image_mode=Image.NEAREST)
-    if kind == "resize":
-        return SegTransform(img_size, "fixed", train, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
-    if kind == "deit":
-        return SegTransform(img_size, "segmenter", train, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    if kind in ("resize", "deit"):
+        recipe = "fixed" if kind == "resize" else "segmenter"
+        return SegTransform(img_size, recipe, train, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
     raise TocomError(f"unknown transform {kind!r} for a segmentation dataset; expected deit, resize or small")
 
 
@@ -140,10 +139,7 @@ class SegmentationDataset(TocomDataset):
 
     ignore_index = IGNORE_INDEX
     default_kind = "small"
-
-    def __init__(self, name, split, targets, num_classes):
-        super().__init__(name, split, targets, num_classes)
-        self.seg_transform: SegTransform | None = None
+    seg_transform: SegTransform | None = None
 
     def load_pair(self, record: int) -> tuple[Image.Image, np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -159,8 +155,7 @@ class SegmentationDataset(TocomDataset):
         return self.seg_transform
 
     def __getitem__(self, i: int):
-        img, lab = self.load_pair(self._records[i])
-        return self.joint_transform()(img, lab)
+        return self.joint_transform()(*self.load_pair(self._records[i]))
 
 
 # ----------------------------------------------------------------------------- ADE20K
@@ -202,8 +197,7 @@ class ADE20KDataset(SegmentationDataset):
 def build_ade20k(spec, root: str, split: str, seed: int, split_seed: int = DEFAULT_SPLIT_SEED):
     """The official release layout; see the module docstring for the splits."""
     base = os.path.join(root, "ADEChallengeData2016")
-    if not os.path.isdir(base):
-        base = root
+    base = base if os.path.isdir(base) else root
     part = "validation" if split == "test" else "training"
     img_dir = require_dir(os.path.join(base, "images", part), f"the ADE20K {part} images (*.jpg) of ADEChallengeData2016",
                           ADE_HOW)
@@ -257,13 +251,13 @@ def _fashion_arrays(root: str):
     from .small import FASHION_HOW, idx_path, read_idx
 
     out = {}
-    for pool, prefix in (("train", "train"), ("t10k", "t10k")):
+    for prefix in ("train", "t10k"):
         images = read_idx(idx_path(root, f"{prefix}-images-idx3-ubyte"))
         labels = read_idx(idx_path(root, f"{prefix}-labels-idx1-ubyte"))
         if images.ndim != 3 or images.shape[1:] != (ITEM, ITEM) or len(labels) != len(images):
             raise data_error(root, f"Fashion-MNIST {prefix} IDX files with (N, 28, 28) images and N labels, found "
                              f"{images.shape} / {labels.shape}", FASHION_HOW)
-        out[pool] = (images, labels.astype(np.int64))
+        out[prefix] = (images, labels.astype(np.int64))
     return out
 
 
@@ -291,12 +285,9 @@ class FashionSegDataset(SegmentationDataset):
         self.native_size, self.max_items, self.seed = int(native_size), int(max_items), int(seed)
         n_train, n_val, n_test = int(n_train), int(n_val), int(n_test)
         # record id -> (stream, scene index); train and val share one id space (trainval = both)
-        self._scenes = {
-            "train": [("train", i) for i in range(n_train)],
-            "val": [("val", i) for i in range(n_val)],
-            "trainval": [("train", i) for i in range(n_train)] + [("val", i) for i in range(n_val)],
-            "test": [("test", i) for i in range(n_test)],
-        }[split]
+        train, val = [("train", i) for i in range(n_train)], [("val", i) for i in range(n_val)]
+        self._scenes = {"train": train, "val": val, "trainval": train + val,
+                        "test": [("test", i) for i in range(n_test)]}[split]
         self._offset = n_train if split == "val" else 0
         targets = [self.placements_of(*sc)[-1]["cls"] for sc in self._scenes]
         super().__init__(name, split, targets, FASHION_SEG_CLASSES)

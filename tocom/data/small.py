@@ -84,7 +84,5 @@ def build_digits(spec, root, split: str, seed: int, split_seed: int = DEFAULT_SP
     ds = ArrayDataset(spec.name, split, images, targets, spec.num_classes)
     if split == "test":
         return ds.restrict(test)
-    mask = np.ones(len(targets), dtype=bool)
-    mask[test] = False
-    ds.restrict(np.flatnonzero(mask))
+    ds.restrict(np.setdiff1d(np.arange(len(targets)), test))
     return ds.restrict(holdout_positions(ds.targets, split, split_seed + 1))

@@ -34,8 +34,8 @@ def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates (y, x), each (n, n) float32."""
     c = np.arange(n, dtype=np.float32)
     yy, xx = np.meshgrid(c, c, indexing="ij")
-    yy.setflags(write=False)
-    xx.setflags(write=False)
+    for a in (yy, xx):
+        a.setflags(write=False)
     return yy, xx
 
 
@@ -60,12 +60,13 @@ def _paint(img: np.ndarray, mask: np.ndarray, colour) -> None:
     img += a * np.asarray(colour, np.float32)
 
 
-def _contrasting_pair(rng, lo_range=(0.0, 0.35), hi_range=(0.65, 1.0)):
-    """(background, foreground) colours that differ by >= 0.3 in brightness, in random order."""
+def _two_tone(rng, n: int, sigma: float, lo_range=(0.0, 0.35), hi_range=(0.65, 1.0)):
+    """(noisy background image, foreground colour), two colours >= 0.3 apart in brightness, in random order."""
     lo = rng.uniform(*lo_range) * rng.uniform(0.6, 1.0, 3)
     hi = rng.uniform(*hi_range) * rng.uniform(0.7, 1.0, 3)
     pair = (lo.astype(np.float32), hi.astype(np.float32))
-    return pair if rng.random() < 0.5 else pair[::-1]
+    bg, fg = pair if rng.random() < 0.5 else pair[::-1]
+    return _noisy(rng, n, bg, sigma), fg
 
 
 # ----------------------------------------------------------------------------- textures
@@ -111,26 +112,17 @@ def _shape_mask(s: int, n: int, cy: float, cx: float, r: float) -> np.ndarray:
     v, u = (yy - cy) / r, (xx - cx) / r
     au, av = np.abs(u), np.abs(v)
     rho2 = u * u + v * v
-    if s == 0:
-        return rho2 <= 1.0
-    if s == 1:
-        return np.maximum(au, av) <= 0.85
-    if s == 2:  # apex up (y grows downward)
-        return (v >= -0.9) & (v <= 0.8) & (au <= (v + 0.9) * (0.95 / 1.7))
-    if s == 3:
-        return ((au <= 0.28) & (av <= 1.0)) | ((av <= 0.28) & (au <= 1.0))
-    if s == 4:
-        return (rho2 <= 1.0) & (rho2 >= 0.55**2)
-    if s == 5:
-        return au + av <= 1.0
-    if s == 6:
-        return ((np.abs(u - v) <= 0.4) | (np.abs(u + v) <= 0.4)) & (np.maximum(au, av) <= 0.8)
-    if s == 7:
-        m = np.maximum(au, av)
-        return (m <= 0.85) & (m >= 0.5)
-    if s == 8:
-        return u * u + (v / 0.5) ** 2 <= 1.0
-    return (rho2 <= 1.0) & (v <= 0.0)  # half-disk, flat side down
+    return {  # SHAPES order
+        0: lambda: rho2 <= 1.0,
+        1: lambda: np.maximum(au, av) <= 0.85,
+        2: lambda: (v >= -0.9) & (v <= 0.8) & (au <= (v + 0.9) * (0.95 / 1.7)),  # apex up (y grows downward)
+        3: lambda: ((au <= 0.28) & (av <= 1.0)) | ((av <= 0.28) & (au <= 1.0)),
+        4: lambda: (rho2 <= 1.0) & (rho2 >= 0.55**2),
+        5: lambda: au + av <= 1.0,
+        6: lambda: ((np.abs(u - v) <= 0.4) | (np.abs(u + v) <= 0.4)) & (np.maximum(au, av) <= 0.8),
+        7: lambda: (np.maximum(au, av) <= 0.85) & (np.maximum(au, av) >= 0.5),
+        8: lambda: u * u + (v / 0.5) ** 2 <= 1.0,
+    }.get(s, lambda: (rho2 <= 1.0) & (v <= 0.0))()  # otherwise: half-disk, flat side down
 
 
 def _random_shape(rng, s: int, n: int, r_range=(0.17, 0.3)) -> np.ndarray:
@@ -201,8 +193,7 @@ def location_label(cy: float, cx: float, n: int) -> int:
 def render_orientation(rng, label: int, n: int) -> np.ndarray:
     """A thin (~2 px, anti-aliased) bar at angle in [label, label+1) * 22.5 deg from the x axis
     (y pointing down), near the centre, plus a few 1-px clutter dots."""
-    bg, fg = _contrasting_pair(rng)
-    img = _noisy(rng, n, bg, 0.05)
+    img, fg = _two_tone(rng, n, 0.05)
     theta = (label + rng.uniform(0, 1)) * np.pi / 8
     cy, cx = n / 2 - 0.5 + rng.uniform(-n / 8, n / 8, 2)
     half = rng.uniform(0.3, 0.42) * n
@@ -220,16 +211,14 @@ def render_orientation(rng, label: int, n: int) -> np.ndarray:
 
 def render_texture(rng, label: int, n: int) -> np.ndarray:
     """Texture class `label` of TEXTURES in two random contrasting colours."""
-    c0, c1 = _contrasting_pair(rng)
-    img = _noisy(rng, n, c0, 0.04)
-    _paint(img, _texture_mask(rng, label, n), c1)
+    img, fg = _two_tone(rng, n, 0.04)
+    _paint(img, _texture_mask(rng, label, n), fg)
     return img
 
 
 def render_shapes(rng, label: int, n: int) -> np.ndarray:
     """Shape class `label` of SHAPES, random colour/size/position, over noise and pixel clutter."""
-    bg, fg = _contrasting_pair(rng)
-    img = _noisy(rng, n, bg, 0.06)
+    img, fg = _two_tone(rng, n, 0.06)
     _clutter(rng, img)
     _paint(img, _random_shape(rng, label, n), fg)
     return img
@@ -239,8 +228,7 @@ def render_pretrain(rng, label: int, n: int) -> np.ndarray:
     """label = shape * 10 + texture: a solid shape (very dark or very bright) over a mid-contrast
     texture background (100 classes, the CPU "ImageNet stand-in")."""
     shape, texture = divmod(label, 10)
-    c0, c1 = _contrasting_pair(rng, (0.3, 0.42), (0.58, 0.7))
-    img = _noisy(rng, n, c0, 0.03)
+    img, c1 = _two_tone(rng, n, 0.03, (0.3, 0.42), (0.58, 0.7))
     _paint(img, _texture_mask(rng, texture, n), c1)
     fg = rng.uniform(0.0, 0.12, 3) if rng.random() < 0.5 else rng.uniform(0.88, 1.0, 3)
     _paint(img, _random_shape(rng, shape, n, (0.2, 0.3)), fg)
@@ -270,16 +258,10 @@ class SyntheticDataset(TocomDataset):
             raise TocomError(f"{name}: n_train/n_val/n_test must be >= 0, got {n_train}/{n_val}/{n_test}")
         if native_size < 16:
             raise TocomError(f"{name}: native_size must be >= 16 px, got {native_size}")
-        self.renderer = renderer
-        self.native_size = int(native_size)
-        self.seed = int(seed)
+        self.renderer, self.native_size, self.seed = renderer, int(native_size), int(seed)
         self.stream = "test" if split == "test" else "trainval"
-        self.ids = {
-            "train": range(0, n_train),
-            "val": range(n_train, n_train + n_val),
-            "trainval": range(0, n_train + n_val),
-            "test": range(0, n_test),
-        }[split]
+        self.ids = {"train": range(0, n_train), "val": range(n_train, n_train + n_val),
+                    "trainval": range(0, n_train + n_val), "test": range(0, n_test)}[split]
         super().__init__(name, split, [i % num_classes for i in self.ids], num_classes)
 
     @property
@@ -293,8 +275,7 @@ class SyntheticDataset(TocomDataset):
 
     def render(self, i: int) -> np.ndarray:
         """Item i (after any restriction) as a uint8 (native, native, 3) array, before the transform."""
-        idx = self.ids[self._records[i]]
-        return self._render_id(idx)
+        return self._render_id(self.ids[self._records[i]])
 
     def _render_id(self, idx: int) -> np.ndarray:
         img = self.renderer(self._rng(idx), idx % self.num_classes, self.native_size)

@@ -30,11 +30,7 @@ DEIT_COLOR_JITTER = 0.4
 DEIT_REPROB = 0.25
 EVAL_CROP_PCT = 0.875
 
-_INTERP = {
-    "nearest": T.InterpolationMode.NEAREST,
-    "bilinear": T.InterpolationMode.BILINEAR,
-    "bicubic": T.InterpolationMode.BICUBIC,
-}
+_INTERP = {mode: T.InterpolationMode[mode.upper()] for mode in ("nearest", "bilinear", "bicubic")}
 
 
 class ToThreeChannels:
@@ -79,46 +75,20 @@ def augments(kind: str, train: bool) -> bool:
 def build_transform(kind: str, img_size: int, train: bool, interpolation: str | None = None):
     """Return a callable PIL.Image -> FloatTensor[3, img_size, img_size]."""
     if kind not in TRANSFORMS:
-        raise TocomError(f"unknown transform {kind!r}; expected one of {', '.join(TRANSFORMS)} (or None for the dataset's default)")
+        raise TocomError(f"unknown transform {kind!r}; expected one of {', '.join(TRANSFORMS)} "
+                         "(or None for the dataset's default)")
     if interpolation is not None and interpolation not in _INTERP:
         raise TocomError(f"unknown interpolation {interpolation!r}; expected one of {', '.join(_INTERP)}")
     img_size = int(img_size)
     if kind == "deit":
-        interp = interpolation or "bicubic"
+        common = dict(input_size=img_size, interpolation=interpolation or "bicubic", mean=IMAGENET_DEFAULT_MEAN,
+                      std=IMAGENET_DEFAULT_STD)
         if train:
-            return _legacy_posterize(create_transform(
-                input_size=img_size,
-                is_training=True,
-                auto_augment=DEIT_AUTO_AUGMENT,
-                color_jitter=DEIT_COLOR_JITTER,
-                interpolation=interp,
-                re_prob=DEIT_REPROB,
-                re_mode="pixel",
-                re_count=1,
-                mean=IMAGENET_DEFAULT_MEAN,
-                std=IMAGENET_DEFAULT_STD,
-            ))
-        return create_transform(
-            input_size=img_size,
-            is_training=False,
-            interpolation=interp,
-            crop_pct=EVAL_CROP_PCT,
-            mean=IMAGENET_DEFAULT_MEAN,
-            std=IMAGENET_DEFAULT_STD,
-        )
-    if kind == "resize":
-        return T.Compose(
-            [
-                T.Resize((img_size, img_size), interpolation=_INTERP[interpolation or "bicubic"]),
-                T.ToTensor(),
-                T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
-            ]
-        )
-    return T.Compose(
-        [
-            T.Resize((img_size, img_size), interpolation=_INTERP[interpolation or "nearest"]),
-            T.ToTensor(),
-            ToThreeChannels(),
-            T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-        ]
-    )
+            return _legacy_posterize(create_transform(is_training=True, auto_augment=DEIT_AUTO_AUGMENT,
+                                                      color_jitter=DEIT_COLOR_JITTER, re_prob=DEIT_REPROB,
+                                                      re_mode="pixel", re_count=1, **common))
+        return create_transform(is_training=False, crop_pct=EVAL_CROP_PCT, **common)
+    small = kind == "small"
+    mean, std = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) if small else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    resize = T.Resize((img_size, img_size), interpolation=_INTERP[interpolation or ("nearest" if small else "bicubic")])
+    return T.Compose([resize, T.ToTensor(), *([ToThreeChannels()] if small else []), T.Normalize(mean, std)])

@@ -69,6 +69,7 @@ rate its loader workers must sustain), at a stated peak and utilisation.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import statistics
@@ -77,15 +78,17 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
 from ..compress import flops, max_r, patch, set_r
 from ..errors import TocomError
-from ..io import write_csv
 from ..models import create_backbone
+from ..plugin import Compensation, ToCom
 from ..settings import BenchSettings, DataBenchSettings, MeasureSettings
+from .common import Runtime, loader, resolve_precision, write_table
 
 DATA_COLUMNS = ["transform", "workers", "images_per_s", "images_per_s_std", "images", "batch_size", "repeats",
                 "img_size", "source_width", "source_height", "jpeg_kb", "cpus", "threads"]
@@ -137,8 +140,6 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 def bench(m: MeasureSettings, s: BenchSettings, out: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Measure throughput at each r of the sweep in `m.mode`. Returns (and optionally writes) one row per r."""
-    from .common import Runtime, resolve_precision
-
     model, device = _setup(m, m.r)
     model.train(m.mode == "train")
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6) if m.mode == "train" else None
@@ -163,18 +164,15 @@ def bench(m: MeasureSettings, s: BenchSettings, out: str | Path | None = None, p
     rows = []
     for r in m.r:
         ips, ips_std = _stats([s.batch_size / t for t in times[r]])
-        rows.append(dict(model=m.model, method=m.method, r=r, mode=m.mode, device=device.type,
-                         precision=rt.precision, threads=torch.get_num_threads(), batch_size=s.batch_size,
-                         repeats=s.repeats,
+        rows.append(dict(model=m.model, method=m.method, r=r, mode=m.mode, device=device.type, precision=rt.precision,
+                         threads=torch.get_num_threads(), batch_size=s.batch_size, repeats=s.repeats,
                          images_per_s=ips, images_per_s_std=ips_std, gflops=flops(model, r)["gflops"]))
     df = pd.DataFrame(rows)
     base = df.loc[df.r == 0]
     if len(base):
         df["speedup"] = df.images_per_s / base.images_per_s.iloc[0]
         df["flops_ratio"] = base.gflops.iloc[0] / df.gflops
-    if out:
-        write_csv(df, out)
-    return df
+    return write_table(df, out)
 
 
 # ---- the plugin check: two benchmarks on one model and one random plugin ------------------------------
@@ -182,8 +180,7 @@ def bench_plugin(m: MeasureSettings, s: BenchSettings, out: str | Path | None = 
                  progress: bool = True) -> pd.DataFrame:
     """Merged-plugin throughput against the plain model, and switch latency against its floor.
 
-    Returns (and optionally writes) the tidy table described in the module docstring.
-    """
+    Returns (and optionally writes) the tidy table described in the module docstring."""
     model, device = _setup(m, [*m.r, s.source_r])
     model.eval()
     plugin = _random_plugin(model, s.plugin_rank, device)
@@ -195,19 +192,14 @@ def bench_plugin(m: MeasureSettings, s: BenchSettings, out: str | Path | None = 
     rows += _switch_latency(model, plugin, m.r, s, time_it)
     df = pd.DataFrame([dict(base, **row) for row in rows], columns=PLUGIN_COLUMNS)
     df["from_r"] = df.from_r.astype("Int64")      # empty for throughput rows
-    if out:
-        write_csv(df, out)
-    return df
+    return write_table(df, out)
 
 
 def _random_plugin(model: torch.nn.Module, rank: int, device: torch.device):
     """A plugin covering every degree the model carries, with B != 0 (a fresh one would merge nothing); the
     same in every run (seed 0: speed does not depend on its values)."""
-    from ..plugin import ToCom
-
     torch.manual_seed(0)
-    plugin = ToCom.for_model(model, r_max=max_r(model), rank=rank).to(device)
-    plugin.requires_grad_(False)
+    plugin = ToCom.for_model(model, r_max=max_r(model), rank=rank).to(device).requires_grad_(False)
     with torch.no_grad():
         for b in plugin.B.values():
             b.normal_(0, 0.02)
@@ -217,8 +209,6 @@ def _random_plugin(model: torch.nn.Module, rank: int, device: torch.device):
 def _compensations(model, plugin, sources, set_degree: bool) -> dict:
     """One merged compensation per source degree, all made while the weights are the original ones (each
     stashes them): switching one to its own source restores the original weights exactly."""
-    from ..plugin import Compensation
-
     return {m: Compensation(model, plugin, m, m, merge=True, set_degree=set_degree) for m in dict.fromkeys(sources)}
 
 
@@ -233,19 +223,14 @@ def _merged_throughput(model, plugin, x, rs, s: BenchSettings, time_it, progress
     alt = plugin.r_max if s.source_r != plugin.r_max else 0
     moves = [(s.source_r if r != s.source_r else alt, r) for r in rs]
     comps = _compensations(model, plugin, [m for m, _ in moves], set_degree=False)
-
-    def infer():
-        with torch.inference_mode():
-            model(x)
-
+    infer = functools.partial(_step, model, x, "infer", None)
     for m, r in moves:              # warm up every (r, weights) pair before timing any
         set_r(model, r)
         for state in (m, r):
             comps[m].switch(state)
             for _ in range(s.warmup):
                 infer()
-    plain = {r: [] for r in rs}
-    merged = {r: [] for r in rs}
+    plain, merged = {r: [] for r in rs}, {r: [] for r in rs}
     for i in tqdm(range(s.repeats), desc=desc, disable=not progress):
         for m, r in moves:          # round-robin over r; plain and merged back to back, order alternating
             set_r(model, r)
@@ -256,8 +241,7 @@ def _merged_throughput(model, plugin, x, rs, s: BenchSettings, time_it, progress
     set_r(model, r_start)
     rows = []
     for m, r in moves:
-        ips_plain = [s.batch_size / t for t in plain[r]]
-        ips_merged = [s.batch_size / t for t in merged[r]]
+        ips_plain, ips_merged = ([s.batch_size / t for t in times[r]] for times in (plain, merged))
         (value, value_std), (ref, ref_std) = _stats(ips_merged), _stats(ips_plain)
         rows.append(dict(kind="merged_throughput", source_r=m, target_r=r, k=abs(r - m) * s.plugin_rank,
                          repeats=s.repeats, value=value, value_std=value_std, reference=ref, reference_std=ref_std,
@@ -273,9 +257,8 @@ def _floor(model, dim: int, ks) -> Callable[[int], None]:
     factors = {}
     for k in ks:
         gen = torch.Generator().manual_seed(k)
-        a = torch.randn(len(model.blocks), 2, k, dim, generator=gen).to(w.device, w.dtype)
-        b = (torch.randn(len(model.blocks), 2, dim, k, generator=gen) * 1e-3).to(w.device, w.dtype)
-        factors[k] = (a, b)
+        factors[k] = (torch.randn(len(model.blocks), 2, k, dim, generator=gen).to(w.device, w.dtype),
+                      (torch.randn(len(model.blocks), 2, dim, k, generator=gen) * 1e-3).to(w.device, w.dtype))
 
     @torch.no_grad()
     def floor(k: int) -> None:
@@ -336,7 +319,6 @@ def photo_like(rng, width: int, height: int):
     """A PIL image whose JPEG weighs what an ImageNet photo does at that size (~110 KB at 500 x 375, quality
     90): colour fields at four spatial scales plus sensor-like noise. Random pixels would be 3x larger and
     slower to decode; flat ones much faster."""
-    import numpy as np
     from PIL import Image
 
     img = np.zeros((height, width, 3), np.float32)
@@ -351,8 +333,6 @@ def photo_like(rng, width: int, height: int):
 def write_jpeg_folder(root: Path, n: int, width: int, height: int, seed: int = 0) -> float:
     """`n` photo-like JPEGs in ImageNet's layout, root/train/<wnid>/<wnid>_<i>.JPEG over 8 wnids; their mean
     size in KB."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     sizes = []
     for i in range(n):
@@ -370,7 +350,6 @@ def bench_data(d: DataBenchSettings, s: BenchSettings, threads: int | None = Non
     from torch.utils.data import Subset
 
     from ..data import build_dataset
-    from .common import Runtime, loader
 
     if threads:
         torch.set_num_threads(threads)
@@ -400,10 +379,7 @@ def bench_data(d: DataBenchSettings, s: BenchSettings, threads: int | None = Non
                                  images=d.images, batch_size=s.batch_size, repeats=s.repeats, img_size=d.img_size,
                                  source_width=d.width, source_height=d.height, jpeg_kb=round(kb, 1),
                                  cpus=len(os.sched_getaffinity(0)), threads=torch.get_num_threads()))
-    df = pd.DataFrame(rows, columns=DATA_COLUMNS)
-    if out:
-        write_csv(df, out)
-    return df
+    return write_table(pd.DataFrame(rows, columns=DATA_COLUMNS), out)
 
 
 #: Forward-pass equivalents one image costs per job type (analytic, per image): full fine-tuning 3 (forward,

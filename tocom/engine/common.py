@@ -31,6 +31,7 @@ CPU. The scaler's state is part of the resume state.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -55,7 +56,7 @@ from tqdm import tqdm
 
 from ..compress import set_r
 from ..errors import TocomError
-from ..io import atomic_path, write_json
+from ..io import atomic_path, write_csv, write_json
 from ..layout import LOCK, RECORD, RESUME
 from ..lineage import machine
 from ..plugin import ToCom, compensate
@@ -103,14 +104,10 @@ class Runtime:
 
 def runtime(device: str | None = None, precision: str = "auto") -> Runtime:
     """Devices, precision and, under torchrun, the process group (NCCL on GPUs, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    dev = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda":
-        dev = torch.device("cuda", local)
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
     precision = resolve_precision(precision, dev)
     if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
@@ -121,13 +118,10 @@ def runtime(device: str | None = None, precision: str = "auto") -> Runtime:
     return Runtime(device=dev, rank=rank, world=world, precision=precision)
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
 
 
 def set_drop_path(model: torch.nn.Module, rate: float) -> None:
@@ -136,11 +130,6 @@ def set_drop_path(model: torch.nn.Module, rate: float) -> None:
 
     for blk, r in zip(model.blocks, torch.linspace(0, rate, len(model.blocks)).tolist()):
         blk.drop_path1 = blk.drop_path2 = DropPath(r) if r > 0 else torch.nn.Identity()
-
-
-def _item_seed(seed: int, epoch: int, rank: int, position: int) -> int:
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{rank}/{position}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
 
 
 def _reseed(item_seed: int) -> None:
@@ -185,8 +174,9 @@ class EpochOrder(Sampler):
         return len(self.order)
 
     def __iter__(self):
-        for position, index in enumerate(self.order):
-            yield _item_seed(self.seed, self.epoch, self.rank, position), index
+        for position, index in enumerate(self.order):     # each item's seed: (seed, epoch, rank, position)
+            digest = hashlib.blake2b(f"{self.seed}/{self.epoch}/{self.rank}/{position}".encode(), digest_size=8)
+            yield int.from_bytes(digest.digest(), "little"), index
 
 
 class SeededItems(Dataset):
@@ -220,10 +210,8 @@ def loading(rt: Runtime, workers: int, seed: int = 0) -> dict:
     """DataLoader options every loader shares: persistent workers, pinned memory on CUDA (copies to the GPU are
     then non-blocking), and a generator of its own (so the loader's worker base seed is not drawn from the
     global RNG, which would shift the model's draws depending on when workers start)."""
-    g = torch.Generator()
-    g.manual_seed(seed)
     return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=rt.device.type == "cuda",
-                generator=g)
+                generator=torch.Generator().manual_seed(seed))
 
 
 def loader(ds: Dataset, batch_size: int, rt: Runtime, train: bool, seed: int, workers: int = 0, repeats: int = 1,
@@ -236,8 +224,7 @@ def loader(ds: Dataset, batch_size: int, rt: Runtime, train: bool, seed: int, wo
     if train:
         sampler, data = EpochOrder(ds, rt, seed, repeats), SeededItems(ds)
     else:
-        sampler = DistributedSampler(ds, rt.world, rt.rank, shuffle=False) if rt.distributed else None
-        data = ds
+        sampler, data = DistributedSampler(ds, rt.world, rt.rank, shuffle=False) if rt.distributed else None, ds
     return DataLoader(data, batch_size=per_rank, sampler=sampler, drop_last=train and len(sampler) >= per_rank,
                       collate_fn=collate_fn, **loading(rt, workers, seed))
 
@@ -251,14 +238,6 @@ def _resume_dir(out: Path) -> Path:
     return out.with_name(out.name + RESUME)
 
 
-def _resume_file(out: Path) -> Path:
-    return _resume_dir(out) / "state.pt"
-
-
-def _lock_path(out: Path) -> Path:
-    return out.with_name(out.name + LOCK)
-
-
 def _canonical(obj) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
@@ -268,8 +247,7 @@ def _fingerprint_diff(old: dict, new: dict) -> str:
     def flat(d, prefix=""):
         out = {}
         for k, v in (d.items() if isinstance(d, dict) else []):
-            key = f"{prefix}{k}"
-            out.update(flat(v, key + ".") if isinstance(v, dict) and v else {key: _canonical(v)})
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": _canonical(v)})
         return out
     a, b = ({k: re.sub(r'"([0-9a-f]{12})[0-9a-f]{52}"', r"\1...", v) for k, v in flat(d).items()} for d in (old, new))
     diffs = [f"{k}: {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}" for k in sorted(a.keys() | b.keys())
@@ -281,9 +259,8 @@ def _save_resume(out: Path, params: dict[str, torch.nn.Parameter], opt: "Stepper
                  fingerprint: dict) -> None:
     """Weights, optimizer (with the gradient scaler), epoch and fingerprint as one file, renamed into place in one step."""
     state = {"format": RESUME_FORMAT, "fingerprint": _canonical(fingerprint), "epoch": epoch,
-             "trainable": {k: p.detach().cpu().clone() for k, p in params.items()},
-             "optimizer": opt.state_dict()}
-    with atomic_path(_resume_file(out)) as tmp:        # creates <out>.resume/, and removes it again if this fails
+             "trainable": {k: p.detach().cpu().clone() for k, p in params.items()}, "optimizer": opt.state_dict()}
+    with atomic_path(_resume_dir(out) / "state.pt") as tmp:  # creates <out>.resume/, and removes it again if this fails
         torch.save(state, tmp)
 
 
@@ -293,15 +270,13 @@ def _load_resume(out: Path, params: dict[str, torch.nn.Parameter], fingerprint: 
     resume = _resume_dir(out)
     if not resume.exists():
         return None
-    path = _resume_file(out)
-    why, st = None, None
     try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
+        st = torch.load(resume / "state.pt", map_location="cpu", weights_only=True)
     except FileNotFoundError:
         why = "it is incomplete (from a version that wrote weights and optimizer separately, or a killed write)"
     except Exception as e:
         why = f"it is unreadable ({type(e).__name__})"
-    if why is None:
+    else:
         if not isinstance(st, dict) or st.get("format") != RESUME_FORMAT:
             why = "it was written by an older tocom in another layout"
         elif st.get("fingerprint") != _canonical(fingerprint):
@@ -317,8 +292,8 @@ def _load_resume(out: Path, params: dict[str, torch.nn.Parameter], fingerprint: 
             why = "its trainable tensors do not match this model"
         elif not 0 < int(st["epoch"]) <= epochs:
             why = f"its epoch {st['epoch']} is outside 1..{epochs}"
-    if why is None:
-        return st
+        else:
+            return st
     if main:
         print(f"[tocom] discarding the resume state in {resume}: {why}; starting afresh", file=sys.stderr, flush=True)
         shutil.rmtree(resume, ignore_errors=True)
@@ -329,23 +304,16 @@ def _load_resume(out: Path, params: dict[str, torch.nn.Parameter], fingerprint: 
 _HELD: dict[Path, int] = {}      # output -> fd of its lock file, for the locks this process holds
 
 
-def _holder_note() -> str:
-    job = os.environ.get("SLURM_JOB_ID")
-    return (f"pid {os.getpid()} on host {socket.gethostname()}" + (f", Slurm job {job}" if job else "")
-            + f", since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-
-
 def acquire_output_lock(out: str | Path) -> None:
     """Hold an exclusive flock on `<out>.lock` until `release_output_lock(out)` (or process exit).
 
     Re-entrant within a process. A second process gets one TocomError line naming the holder.
     The file is unlinked while still locked on release, so an acquirer re-checks that the path it
-    locked is still the file on disk.
-    """
+    locked is still the file on disk."""
     out = Path(out).absolute()
     if out in _HELD:
         return
-    lock = _lock_path(out)
+    lock = out.with_name(out.name + LOCK)
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
@@ -360,15 +328,14 @@ def acquire_output_lock(out: str | Path) -> None:
             stop = f"cancel it (scancel {job[1]})" if job else "stop it"
             raise TocomError(f"{out} is being written by another run ({holder}); let that run finish or {stop}, "
                              "then rerun") from None
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(lock))
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                break
         os.close(fd)            # the holder unlinked it between our open and our flock: try the new file
     os.ftruncate(fd, 0)
-    os.write(fd, (_holder_note() + "\n").encode())
+    slurm = os.environ.get("SLURM_JOB_ID")
+    os.write(fd, (f"pid {os.getpid()} on host {socket.gethostname()}" + (f", Slurm job {slurm}" if slurm else "")
+                  + f", since {time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode())
     _HELD[out] = fd
 
 
@@ -378,7 +345,7 @@ def release_output_lock(out: str | Path) -> None:
     if fd is None:
         return
     try:
-        _lock_path(out).unlink(missing_ok=True)
+        out.with_name(out.name + LOCK).unlink(missing_ok=True)
     finally:
         os.close(fd)
 
@@ -458,8 +425,7 @@ def fit(job: Fit, train_loader: DataLoader, out: str | Path, rt: Runtime, seed: 
     content of what it was made from (`lineage.comparable` of the output's lineage: starting checkpoint,
     backbone, data). Saved state is resumed only when these and fit's own settings are unchanged, so a rerun
     with another --checkpoint or --data-root starts afresh, saying which input changed. Rank 0 holds
-    `<out>.lock` from here until `finish` (or until this raises).
-    """
+    `<out>.lock` from here until `finish` (or until this raises)."""
     out = Path(out)
     if rt.main:
         acquire_output_lock(out)
@@ -529,8 +495,7 @@ def _fit(job: Fit, train_loader: DataLoader, out: Path, rt: Runtime, seed: int, 
 
     net = job.module
     if rt.distributed:
-        ids = [rt.device.index] if rt.device.type == "cuda" else None
-        net = DistributedDataParallel(job.module, device_ids=ids)
+        net = DistributedDataParallel(job.module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     step = start * steps_per_epoch
     for epoch in range(start, job.epochs):
         # Everything random depends only on (seed, epoch), so a resumed run sees the same batches,
@@ -540,9 +505,7 @@ def _fit(job: Fit, train_loader: DataLoader, out: Path, rt: Runtime, seed: int, 
         # (timm's Mixup/CutMix), reseeded here.
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
-        torch.manual_seed(seed * 1000 + epoch + 1)
-        np.random.seed((seed * 1000 + epoch + 1) % 2**32)
-        random.seed(seed * 1000 + epoch + 1)
+        seed_everything(seed * 1000 + epoch + 1)
         job.module.train()
         bar = tqdm(train_loader, desc=f"{job.desc} {epoch + 1}/{job.epochs}", disable=not (progress and rt.main),
                    leave=False, dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
@@ -586,12 +549,18 @@ def finish(out: Path, rt: Runtime, write: Callable[[], None], record: dict | Non
     barrier(rt)
 
 
+def write_table(df, out: str | Path | None):
+    """`df` (a DataFrame), written as CSV to `out` first when one is given."""
+    if out:
+        write_csv(df, out)
+    return df
+
+
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, data: DataLoader, rt: Runtime, progress: bool = False, desc: str = "eval") -> tuple[float, int]:
     """Top-1 accuracy (%) and sample count, summed over ranks."""
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=rt.device)
-    seen = torch.zeros((), dtype=torch.long, device=rt.device)
+    correct, seen = (torch.zeros((), dtype=torch.long, device=rt.device) for _ in range(2))
     for images, labels in tqdm(data, desc=desc, disable=not (progress and rt.main), leave=False):
         images, labels = images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
         with rt.autocast():
@@ -626,9 +595,8 @@ def check_plugins(models: Sequence[torch.nn.Module], plugins: dict[str, ToCom], 
         try:
             for m in models:
                 plugin.check_fits(m)
-            for target in targets:
-                if target != source:
-                    plugin.coefficients(source, target)
+            for target in [t for t in targets if t != source]:
+                plugin.coefficients(source, target)
         except TocomError as e:
             where = f" ({plugin.path})" if getattr(plugin, "path", None) else ""
             raise TocomError(f"plugin {label}{where}: {e}") from None
@@ -646,8 +614,7 @@ def evaluate_targets(models: Sequence[torch.nn.Module], splits: Sequence[str], t
     `models` all move together (the evaluated model and the one choosing s, when another one does);
     `measure(split, target, variant, scale)` scores one split and returns the row's metric columns,
     `metric` naming the one s is chosen on. `base`: the columns every row shares. `plugin_targets`: the targets
-    a plugin is evaluated at, by label, when not every target (a plugin no study needs at some degree pair).
-    """
+    a plugin is evaluated at, by label, when not every target (a plugin no study needs at some degree pair)."""
     check_plugins(models, plugins, source, targets)
     rows: list[dict] = []
     select = s.select_split
@@ -673,14 +640,11 @@ def evaluate_targets(models: Sequence[torch.nn.Module], splits: Sequence[str], t
                 comp.switch(target, scale)
 
         try:
-            for target in (plugin_targets or {}).get(label, targets):
-                if target == source:
-                    continue
+            for target in [t for t in (plugin_targets or {}).get(label, targets) if t != source]:
                 best = choose_scale(grid, rows, lambda v: switch(target, v), lambda v: score(select, target, label, v))
                 switch(target, best)
-                for split in splits:
-                    if split != select:
-                        score(split, target, label, best, selected=True)
+                for split in [x for x in splits if x != select]:
+                    score(split, target, label, best, selected=True)
         finally:
             for comp in comps:
                 comp.remove()

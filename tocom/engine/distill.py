@@ -43,7 +43,7 @@ from ..io import header_json, read_safetensors, read_safetensors_header, write_s
 from ..lineage import comparable, data_entry
 from ..plugin import ToCom, compensate
 from ..settings import DistillSettings, RunSettings
-from .common import Fit, Runtime, finish, fit, loader, runtime, seed_everything, set_drop_path
+from .common import Fit, finish, fit, loader, runtime, seed_everything, set_drop_path
 
 
 # Not a setting: the smoothing DeiT's recipe gives the mixed labels. Only the `cls` loss (a Table 5 ablation)
@@ -70,9 +70,7 @@ def mixer(s: DistillSettings, num_classes: int):
 
 def plain_output(model: nn.Module, images: torch.Tensor, loss: str) -> torch.Tensor:
     """What the loss compares: the logits, or the pooled features for the `features` loss."""
-    if loss == "features":
-        return model.forward_head(model.forward_features(images), pre_logits=True)
-    return model(images)
+    return model.forward_head(model.forward_features(images), pre_logits=True) if loss == "features" else model(images)
 
 
 class TeacherOutputs:
@@ -83,8 +81,7 @@ class TeacherOutputs:
     MAX_BYTES = 2 ** 31              # kept in memory: refuse what would not fit comfortably
 
     def __init__(self, n: int, degrees: int, table: torch.Tensor | None = None):
-        self.n, self.degrees = n, degrees
-        self.table = table
+        self.n, self.degrees, self.table = n, degrees, table
         self.known = torch.full((n, degrees), table is not None)
         self.computed = 0            # (image, degree) outputs this process computed
 
@@ -126,11 +123,7 @@ class SelfDistillation(nn.Module):
         if teacher is not None and (self.mix is not None or s.loss == "cls"):
             raise TocomError("teacher outputs computed once serve only unmixed images and a teacher's loss: set "
                              "mixup and cutmix to 0 and use loss kd or features, or distil with teacher live")
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    def _output(self, images: torch.Tensor) -> torch.Tensor:
-        return plain_output(self.model, images, self.s.loss)
+        self.model.requires_grad_(False)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         s = self.s
@@ -144,7 +137,7 @@ class SelfDistillation(nn.Module):
         with compensate(self.model, self.plugin, m, n, scale=s.scale, merge=False, set_degree=False,
                         dropout=s.lora_dropout if self.training else 0.0):
             set_r(self.model, student_r)
-            student = self._output(images).float()
+            student = plain_output(self.model, images, s.loss).float()
         if s.loss == "cls":
             if soft is not None:
                 return torch.sum(-soft * F.log_softmax(student, dim=-1), dim=-1).mean()
@@ -155,7 +148,7 @@ class SelfDistillation(nn.Module):
             self.model.eval()               # teacher: the plain model, deterministic
             with torch.no_grad():
                 set_r(self.model, teacher_r)
-                teacher = self._output(images).float()
+                teacher = plain_output(self.model, images, s.loss).float()
         if s.loss == "features":
             return F.l1_loss(student, teacher)
         t = s.temperature
@@ -241,8 +234,8 @@ def read_teacher_outputs(path: str | Path, dataset, s: DistillSettings, seed: in
 
 
 def distill(model: nn.Module, train_set, out: str | Path, s: DistillSettings | None = None,
-            run: RunSettings | None = None, record: dict | None = None, rt: Runtime | None = None,
-            lineage: dict | None = None, teacher: torch.Tensor | None = None) -> ToCom:
+            run: RunSettings | None = None, record: dict | None = None, lineage: dict | None = None,
+            teacher: torch.Tensor | None = None) -> ToCom:
     """Train a ToCom plugin for `model` (frozen) on `train_set`; write it to `out` (safetensors).
 
     `lineage` (tocom/lineage.py: the backbone it is distilled on, the checkpoint it was read from) goes into
@@ -259,7 +252,7 @@ def distill(model: nn.Module, train_set, out: str | Path, s: DistillSettings | N
     if s.r_max % s.r_step:
         raise TocomError(f"r_step={s.r_step} does not divide r_max={s.r_max}; the plugin's degrees are multiples "
                          "of its step up to r_max")
-    rt = rt or runtime(run.device, run.precision)
+    rt = runtime(run.device, run.precision)
     seed_everything(run.seed)
     plugin = ToCom.for_model(model, r_max=s.r_max, rank=s.rank, variant=s.variant, r_step=s.r_step)
     set_drop_path(model, s.drop_path)

@@ -25,11 +25,11 @@ from torch import nn
 
 from ..compress import max_r, method_of, patch, set_r
 from ..errors import TocomError
-from ..io import write_csv, write_json
+from ..io import write_json
 from ..lineage import data_entry
 from ..plugin import ToCom
 from ..settings import METHODS, UNCOMPRESSED, EvalSettings, RunSettings, splits_overlap
-from .common import accuracy, evaluate_targets, loader, runtime
+from .common import accuracy, evaluate_targets, loader, runtime, write_table
 
 COLUMNS = ["dataset", "backbone", "method", "source_r", "target_r", "tocom", "variant", "s", "split", "seed",
            "top1", "n", "selected", "checkpoint"]
@@ -82,8 +82,7 @@ def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence
     distilled at (`plugin.train_scale`, from its header; the grid's reference when unknown).
     selector: (model, meta, dataset of the selection split) that chooses s instead of `model` itself;
     it must be fine-tuned at the same source r (and, above r = 0, with the same method).
-    plugin_targets: {label: targets} for a plugin evaluated at only some of `targets` (default: all of them).
-    """
+    plugin_targets: {label: targets} for a plugin evaluated at only some of `targets` (default: all of them)."""
     s, run = s or EvalSettings(), run or RunSettings()
     method, source = resolve_method(meta, model, method), int(meta.get("source_r", 0))
     trained = meta.get("method") or method
@@ -116,8 +115,7 @@ def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence
     check_selection(models[eval_splits[select][0]][1], select, f"the {eval_splits[select][0]} model")
     for m, _ in models.values():
         m.to(rt.device).eval()
-    loaders = {name: (which, loader(ds, s.batch_size, rt, train=False, seed=run.seed,
-                                             workers=run.workers))
+    loaders = {name: (which, loader(ds, s.batch_size, rt, train=False, seed=run.seed, workers=run.workers))
                for name, (which, ds) in eval_splits.items()}
 
     def measure(split, target, variant, scale):
@@ -129,10 +127,7 @@ def cross_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequence
                 source_r=source, seed=run.seed)
     rows = evaluate_targets([m for m, _ in models.values()], list(loaders), targets, source, plugins or {}, s,
                             measure, "top1", rt.device, base, plugin_targets)
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    if out:
-        write_csv(df, out)
-    return df
+    return write_table(pd.DataFrame(rows, columns=COLUMNS), out)
 
 
 def task_arithmetic(high_a: dict, low_a: dict, low_b: dict) -> dict:
@@ -160,26 +155,20 @@ def transfer(model_b: nn.Module, meta_b: dict, high_a: dict, low_a: dict, test_s
     set_r(model_b, target_r)
     model_b.to(rt.device).eval()
     data = loader(test_set, s.batch_size, rt, train=False, seed=run.seed, workers=run.workers)
-    seed, progress = run.seed, not run.quiet
     rows = []
     plain = {k: v.clone() for k, v in model_b.state_dict().items()}
-    moved = [k for k, v in plain.items() if k in high_a and k in low_a and high_a[k].shape == v.shape
-             and v.is_floating_point() and not k.startswith(("head", "fc_norm"))]
-    if not moved:
-        raise TocomError("M_high^A and M_0^A share no weight with M_0^B (other architectures); the arithmetic would "
-                         "leave M_0^B unchanged: pass models fine-tuned from B's backbone")
     arith = task_arithmetic({k: v.to(rt.device) for k, v in high_a.items()},
                             {k: v.to(rt.device) for k, v in low_a.items()}, plain)
+    if all(arith[k] is v for k, v in plain.items()):      # task_arithmetic moved no weight
+        raise TocomError("M_high^A and M_0^A share no weight with M_0^B (other architectures); the arithmetic would "
+                         "leave M_0^B unchanged: pass models fine-tuned from B's backbone")
     for name, state in (("M0_B", plain), (f"M{high_r}_A-M0_A+M0_B", arith)):
         model_b.load_state_dict(state)
-        top1, n = accuracy(model_b, data, rt, progress, desc=name)
+        top1, n = accuracy(model_b, data, rt, not run.quiet, desc=name)
         rows.append(dict(dataset=meta_b.get("dataset", ""), backbone=meta_b.get("backbone", ""),
-                         method=method, model=name, target_r=target_r, seed=seed, top1=top1, n=n))
+                         method=method, model=name, target_r=target_r, seed=run.seed, top1=top1, n=n))
     model_b.load_state_dict(plain)
-    df = pd.DataFrame(rows)
-    if out:
-        write_csv(df, out)
-    return df
+    return write_table(pd.DataFrame(rows), out)
 
 
 def score(model: nn.Module, meta: dict, data, s: EvalSettings, run: RunSettings, out: str | Path,

@@ -34,13 +34,13 @@ from torch import nn
 
 from ..compress import max_r, patch, set_r
 from ..errors import TocomError
-from ..io import header_json, read_safetensors_header, write_csv, write_safetensors
+from ..io import header_json, read_safetensors_header, write_safetensors
 from ..lineage import comparable, data_entry
 from ..models import check_header_values
 from ..plugin import ToCom
 from ..segment import TABLE11_ATTENTION_MATMULS, MeanIoU, create_segmenter, segmenter_flops
 from ..settings import DENSE_METHODS, EvalSettings, RunSettings, SegmentSettings, splits_overlap
-from .common import Fit, Runtime, evaluate_targets, finish, fit, loader, loading, runtime, seed_everything
+from .common import Fit, Runtime, evaluate_targets, finish, fit, loader, loading, runtime, seed_everything, write_table
 
 METHOD = DENSE_METHODS[0]   # ToMe before each FFN, unmerged after (Table 11)
 HEADER = "tocom_segmenter"
@@ -96,42 +96,37 @@ class PixelCrossEntropy(nn.Module):
 def segment_job(model: nn.Module, s: SegmentSettings, batches_per_epoch: int, r: int = 0) -> Fit:
     """Segmenter's recipe as a `Fit`: SGD (momentum, no weight decay), poly decay to 0 over the run, no
     warm-up; `s.epochs` passes over the data, or else `s.iterations` steps (the last pass cut short)."""
-    if s.epochs:
-        epochs, max_steps = s.epochs, None
-    else:
-        epochs, max_steps = -(-s.iterations // batches_per_epoch), s.iterations
+    epochs, max_steps = (s.epochs, None) if s.epochs else (-(-s.iterations // batches_per_epoch), s.iterations)
     return Fit(PixelCrossEntropy(model, s.ignore_index), epochs=epochs, lr=s.lr, weight_decay=s.weight_decay,
                warmup_epochs=0.0, min_lr=0.0, optimizer="sgd", momentum=s.momentum, schedule="poly",
                poly_power=s.poly_power, max_steps=max_steps, desc=f"segment r={r}")
 
 
 def segment_finetune(model: nn.Module, train_set, out: str | Path, r: int = 0, s: SegmentSettings | None = None,
-                     run: RunSettings | None = None, record: dict | None = None, rt: Runtime | None = None,
+                     run: RunSettings | None = None, record: dict | None = None,
                      lineage: dict | None = None) -> nn.Module:
     """Fine-tune a Segmenter (all weights) at source degree r with tome_ffn active; write it to `out`.
 
     Resumable per epoch like every `fit` run: rerunning the same command after a kill continues from the
     last finished epoch and ends with the weights of an uninterrupted run. `lineage` (tocom/lineage.py: the
-    encoder's backbone and checkpoint) goes into the header with the data's entry added.
-    """
+    encoder's backbone and checkpoint) goes into the header with the data's entry added."""
     s, run = s or SegmentSettings(), run or RunSettings()
     patch(model, METHOD)
     if not 0 <= r <= max_r(model):
         raise TocomError(f"source r {r} is outside what the encoder carries (0..{max_r(model)} with tome_ffn)")
     set_r(model, r)
-    rt = rt or runtime(run.device, run.precision)
+    rt = runtime(run.device, run.precision)
     seed_everything(run.seed)
     model.to(rt.device).train()
     data = loader(train_set, s.batch_size, rt, train=True, seed=run.seed, workers=run.workers)
     if len(data) == 0:
         raise TocomError(f"no training batch: {len(train_set)} images for batch size {s.batch_size}")
     job = segment_job(model, s, len(data), r)
-    steps = job.max_steps or job.epochs * len(data)
-    enc = model.tocom_backbone
-    meta = {"backbone": (getattr(enc, "pretrained_cfg", None) or {}).get("architecture", ""),
+    meta = {"backbone": (getattr(model.tocom_backbone, "pretrained_cfg", None) or {}).get("architecture", ""),
             "num_classes": model.n_cls, "img_size": model.img_size, "decoder_depth": len(model.decoder.blocks),
             "method": METHOD, "source_r": int(r), "split": s.split, "settings": s.asdict(), "seed": run.seed,
-            "steps": steps, **(record or {}), "lineage": {**(lineage or {}), "data": data_entry(train_set)}}
+            "steps": job.max_steps or job.epochs * len(data), **(record or {}),
+            "lineage": {**(lineage or {}), "data": data_entry(train_set)}}
     fingerprint = {**s.fingerprint(), "method": METHOD, "r": int(r), "seed": run.seed,
                    **{k: meta[k] for k in ("backbone", "num_classes", "img_size", "decoder_depth")}, **(record or {})}
     fit(job, data, out, rt, run.seed, not run.quiet, fingerprint=fingerprint, inputs=comparable(meta["lineage"]))
@@ -172,8 +167,7 @@ def segment_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequen
     """mIoU of a Segmenter (fine-tuned at meta['source_r']) at each target r, plain and with each plugin.
 
     splits: {"val": dataset, "test": dataset}; s is chosen per target and plugin on `s.select_split`,
-    which must be held out from the model's training split.
-    """
+    which must be held out from the model's training split."""
     s, run = s or EvalSettings(), run or RunSettings()
     source = int(meta.get("source_r", 0))
     patch(model, METHOD)
@@ -210,7 +204,4 @@ def segment_evaluate(model: nn.Module, meta: dict, splits: dict, targets: Sequen
     rows = evaluate_targets([model.tocom_backbone], list(loaders), targets, source, plugins or {}, s, measure, "miou",
                             rt.device, base)
     set_r(model, source)
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    if out:
-        write_csv(df, out)
-    return df
+    return write_table(pd.DataFrame(rows, columns=COLUMNS), out)

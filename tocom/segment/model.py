@@ -140,8 +140,7 @@ class Segmenter(nn.Module):
             raise TocomError(f"input {h}x{w} px gives a {grid[0]}x{grid[1]} patch grid but the encoder is laid out for "
                              f"{self.img_size} px; use Segmenter.inference (sliding window) or create the encoder "
                              "with dynamic_img_size=True")
-        feats = self.encoder.forward_features(x)[:, self.encoder.num_prefix_tokens:]
-        masks = self.decoder(feats, grid)
+        masks = self.decoder(self.encoder.forward_features(x)[:, self.encoder.num_prefix_tokens:], grid)
         masks = F.interpolate(masks, size=(hp, wp), mode="bilinear", align_corners=False)
         return masks[..., :h, :w]
 
@@ -200,8 +199,7 @@ def create_segmenter(backbone: str = "deit_base_patch16_384", n_cls: int = 150, 
     uses dropout 0.1 and no drop path. Tiny: `create_segmenter("tocom_vit_tiny_patch8_56", n_cls=11,
     img_size=56)`.
     """
-    base = backbone.split(".")[0]
-    if not timm.is_model(base):
+    if not timm.is_model(backbone.split(".")[0]):
         raise TocomError(f"unknown backbone {backbone!r}; use a timm ViT name such as deit_base_patch16_384")
     try:
         encoder = timm.create_model(backbone, pretrained=pretrained, img_size=img_size, num_classes=0,
@@ -215,15 +213,13 @@ def create_segmenter(backbone: str = "deit_base_patch16_384", n_cls: int = 150, 
     model = Segmenter(encoder, n_cls, decoder_dim, decoder_depth, decoder_heads, mlp_ratio, dropout)
     if checkpoint:
         state = read_state_dict(checkpoint)
-        if any(k.startswith("decoder.") for k in state):
-            enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-            load_encoder_weights(model.encoder, enc, str(checkpoint))
-            dec = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
+        whole = any(k.startswith("decoder.") for k in state)      # a whole Segmenter, not only encoder weights
+        part = {p: {k[len(p):]: v for k, v in state.items() if k.startswith(p)} for p in ("encoder.", "decoder.")}
+        load_encoder_weights(model.encoder, part["encoder."] if whole else state, str(checkpoint))
+        if whole:
             try:
-                model.decoder.load_state_dict(dec)
+                model.decoder.load_state_dict(part["decoder."])
             except RuntimeError as e:
                 raise TocomError(f"{checkpoint}: its decoder does not fit ({str(e).splitlines()[0]}); "
                                  f"check n_cls/decoder_dim/decoder_depth") from None
-        else:
-            load_encoder_weights(model.encoder, state, str(checkpoint))
     return model

@@ -3,18 +3,6 @@
 # counts and settings, and the Snakemake benchmark files of every GPU rule for wall-clock times).
 
 
-def chosen_files():
-    """Every search result some fine-tune applies (one search serves several models)."""
-    return sorted({run_path(p) for p in (GRID.chosen_path(run) for run in GRID.finetunes.values()) if p})
-
-
-def recipe_of_file():
-    """Recipe of each fine-tuned model and search result, by path (the headers do not name it)."""
-    recipes = {run_path(p): run.recipe for p, run in GRID.finetunes.items()}
-    recipes.update({run_path(c.chosen_path): c.recipe for c in GRID.searches.values()})
-    return recipes
-
-
 rule aggregate:
     input:
         evals=[run_path(p) for p in sorted(GRID.evals)],
@@ -22,7 +10,8 @@ rule aggregate:
         benches=[run_path(b.path) for b in GRID.benches],
         plugins=[plugin_file(*p) for p in sorted(GRID.plugins)],
         models=[run_path(p) for p in sorted(GRID.finetunes)],
-        chosen=chosen_files(),
+        # every search result some fine-tune applies (one search serves several models)
+        chosen=sorted({run_path(p) for p in (GRID.chosen_path(run) for run in GRID.finetunes.values()) if p}),
     output:
         evals=run_path(layout.TABLE, table="eval"),
         transfers=run_path(layout.TABLE, table="transfer"),
@@ -37,9 +26,9 @@ rule aggregate:
         scale=config["scale"],
         benchmarks=run_path(layout.BENCHMARKS),  # globbed at run time: every job's benchmark file so far
         resources=config["resources"],
-        recipes=recipe_of_file(),
-    log:
-        run_path(layout.STEP_LOG, stage="aggregate"),
+        # the recipe of each fine-tuned model and search result, by path (the headers do not name it)
+        recipes={**{run_path(p): run.recipe for p, run in GRID.finetunes.items()},
+                 **{run_path(c.chosen_path): c.recipe for c in GRID.searches.values()}},
+    log: run_path(layout.STEP_LOG, stage="aggregate")
     localrule: True
-    script:
-        "../scripts/aggregate.py"
+    script: "../scripts/aggregate.py"

@@ -13,17 +13,13 @@ def bench_flags(wc):
 
 
 rule bench:
-    output:
-        run_path(layout.BENCH),
-    log:
-        job_log("bench", layout.BENCH),
-    benchmark:
-        job_benchmark("bench", layout.BENCH)
+    output: run_path(layout.BENCH)
+    log: job_log("bench", layout.BENCH)
+    benchmark: job_benchmark("bench", layout.BENCH)
     params:
         launch=f"{sys.executable} -m tocom.cli",
         args=bench_flags,
     threads: threads("bench")
-    resources:
-        **res("bench"),
+    resources: **res("bench")
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} bench {params.args} --out {output} > {log} 2>&1"

@@ -21,20 +21,15 @@ def teacher_flags(wc):
 
 
 rule teacher_outputs:
-    input:
-        backbone_input,
-    output:
-        run_path(layout.TEACHER),
-    log:
-        job_log("distill", layout.TEACHER),
-    benchmark:
-        job_benchmark("distill", layout.TEACHER)
+    input: backbone_input
+    output: run_path(layout.TEACHER)
+    log: job_log("distill", layout.TEACHER)
+    benchmark: job_benchmark("distill", layout.TEACHER)
     params:
         launch=launch("distill"),
         args=teacher_flags,
     threads: threads("distill")
-    resources:
-        **res("distill"),
+    resources: **res("distill")
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} teacher-outputs {params.args} --out {output} > {log} 2>&1"
 
@@ -43,17 +38,13 @@ rule distill:
     input:
         backbone=backbone_input,
         teacher=teacher_input,
-    output:
-        run_path(layout.PLUGIN),
-    log:
-        job_log("distill", layout.PLUGIN),
-    benchmark:
-        job_benchmark("distill", layout.PLUGIN)
+    output: run_path(layout.PLUGIN)
+    log: job_log("distill", layout.PLUGIN)
+    benchmark: job_benchmark("distill", layout.PLUGIN)
     params:
         launch=launch("distill"),
         args=lambda wc, input: distill_flags(wc) + (f" --teacher-outputs {input.teacher[0]}" if input.teacher else ""),
     threads: threads("distill")
-    resources:
-        **res("distill"),
+    resources: **res("distill")
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} distill {params.args} --out {output} > {log} 2>&1"

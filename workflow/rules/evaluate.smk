@@ -35,17 +35,13 @@ rule evaluate:
         selector=eval_selector,
         plugins=lambda wc: list(eval_plugins(wc).values()),
         data=lambda wc: data_input(eval_run(wc).finetune.dataset),
-    output:
-        run_path(layout.EVAL),
-    log:
-        job_log("evaluate", layout.EVAL),
-    benchmark:
-        job_benchmark("evaluate", layout.EVAL)
+    output: run_path(layout.EVAL)
+    log: job_log("evaluate", layout.EVAL)
+    benchmark: job_benchmark("evaluate", layout.EVAL)
     params:
         launch=launch("eval"),
         args=eval_flags,
     threads: threads("eval")
-    resources:
-        **res("eval"),
+    resources: **res("eval")
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} evaluate --checkpoint {input.model} {params.args} --out {output} > {log} 2>&1"

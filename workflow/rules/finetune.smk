@@ -32,16 +32,13 @@ rule search_candidate:
     output:
         model=run_path(layout.SEARCH),
         score=run_path(layout.SEARCH_SCORE),
-    log:
-        job_log("search", layout.SEARCH),
-    benchmark:
-        job_benchmark("search", layout.SEARCH)
+    log: job_log("search", layout.SEARCH)
+    benchmark: job_benchmark("search", layout.SEARCH)
     params:
         launch=lambda wc: launch("finetune", GRID.search_run(**wc).recipe),
         args=lambda wc: finetune_flags(GRID.search_run(**wc)),
     threads: lambda wc: threads("finetune", GRID.search_run(**wc).recipe)
-    resources:
-        **recipe_res("finetune", lambda wc: GRID.search_run(**wc).recipe),
+    resources: **recipe_res("finetune", lambda wc: GRID.search_run(**wc).recipe)
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} finetune {params.args} --score-split val --out {output.model} "
         "> {log} 2>&1"
@@ -51,10 +48,8 @@ rule search_select:
     input:
         lambda wc: [run_path(layout.SEARCH_SCORE, **c.fields) for c in GRID.searches.values()
                     if c.chosen_path == layout.path(layout.CHOSEN, **wc)],
-    output:
-        run_path(layout.CHOSEN),
-    log:
-        job_log("search", layout.SEARCH, candidate="select"),
+    output: run_path(layout.CHOSEN)
+    log: job_log("search", layout.SEARCH, candidate="select")
     params:
         launch=f"{sys.executable} -m tocom.cli",
     localrule: True
@@ -67,10 +62,8 @@ rule search_chosen:
         chosen=run_path(layout.CHOSEN),
         models=lambda wc: [run_path(c.path) for c in GRID.searches.values()
                            if c.chosen_path == layout.path(layout.CHOSEN, **wc)],
-    output:
-        run_path(layout.CHOSEN_MODEL),
-    log:
-        job_log("search", layout.CHOSEN_MODEL),
+    output: run_path(layout.CHOSEN_MODEL)
+    log: job_log("search", layout.CHOSEN_MODEL)
     params:
         launch=f"{sys.executable} -m tocom.cli",
     localrule: True
@@ -78,44 +71,24 @@ rule search_chosen:
         "{params.launch} link-chosen --chosen {input.chosen} --candidates {input.models} --out {output} > {log} 2>&1"
 
 
-rule finetune:
-    input:
-        backbone_input,
-        lambda wc: chosen_input(GRID.finetune_run(**wc)),
-        lambda wc: data_input(layout.dataset_name(wc.dataset)),
-    output:
-        run_path(layout.FINETUNE),
-    log:
-        job_log("finetune", layout.FINETUNE),
-    benchmark:
-        job_benchmark("finetune", layout.FINETUNE)
-    params:
-        launch=lambda wc: launch("finetune", GRID.finetune_run(**wc).recipe),
-        args=lambda wc: finetune_flags(GRID.finetune_run(**wc)) + " " + chosen_flag(GRID.finetune_run(**wc)),
-    threads: lambda wc: threads("finetune", GRID.finetune_run(**wc).recipe)
-    resources:
-        **recipe_res("finetune", lambda wc: GRID.finetune_run(**wc).recipe),
-    shell:
-        "OMP_NUM_THREADS={threads} {params.launch} finetune {params.args} --out {output} > {log} 2>&1"
+# The final models (rule finetune) and their selection companions (rule finetune_select): the same job.
+for _name, _role, _stage, _template in (("finetune", "final", "finetune", layout.FINETUNE),
+                                        ("finetune_select", "select", "select", layout.SELECT)):
 
-
-rule finetune_select:
-    input:
-        backbone_input,
-        lambda wc: chosen_input(GRID.finetune_run("select", **wc)),
-        lambda wc: data_input(layout.dataset_name(wc.dataset)),
-    output:
-        run_path(layout.SELECT),
-    log:
-        job_log("select", layout.SELECT),
-    benchmark:
-        job_benchmark("select", layout.SELECT)
-    params:
-        launch=lambda wc: launch("finetune", GRID.finetune_run("select", **wc).recipe),
-        args=lambda wc: finetune_flags(GRID.finetune_run("select", **wc)) + " "
-        + chosen_flag(GRID.finetune_run("select", **wc)),
-    threads: lambda wc: threads("finetune", GRID.finetune_run("select", **wc).recipe)
-    resources:
-        **recipe_res("finetune", lambda wc: GRID.finetune_run("select", **wc).recipe),
-    shell:
-        "OMP_NUM_THREADS={threads} {params.launch} finetune {params.args} --out {output} > {log} 2>&1"
+    rule:
+        name: _name
+        input:
+            backbone_input,
+            lambda wc, role=_role: chosen_input(GRID.finetune_run(role, **wc)),
+            lambda wc: data_input(layout.dataset_name(wc.dataset)),
+        output: run_path(_template)
+        log: job_log(_stage, _template)
+        benchmark: job_benchmark(_stage, _template)
+        params:
+            launch=lambda wc, role=_role: launch("finetune", GRID.finetune_run(role, **wc).recipe),
+            args=lambda wc, role=_role: finetune_flags(GRID.finetune_run(role, **wc)) + " "
+            + chosen_flag(GRID.finetune_run(role, **wc)),
+        threads: lambda wc, role=_role: threads("finetune", GRID.finetune_run(role, **wc).recipe)
+        resources: **recipe_res("finetune", lambda wc, role=_role: GRID.finetune_run(role, **wc).recipe)
+        shell:
+            "OMP_NUM_THREADS={threads} {params.launch} finetune {params.args} --out {output} > {log} 2>&1"

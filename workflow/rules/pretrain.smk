@@ -8,17 +8,13 @@ def pretrain_flags(wc):
 
 
 rule pretrain_backbone:
-    output:
-        run_path(layout.BACKBONE),
-    log:
-        job_log("pretrain", layout.BACKBONE),
-    benchmark:
-        job_benchmark("pretrain", layout.BACKBONE)
+    output: run_path(layout.BACKBONE)
+    log: job_log("pretrain", layout.BACKBONE)
+    benchmark: job_benchmark("pretrain", layout.BACKBONE)
     params:
         launch=launch("pretrain"),
         args=pretrain_flags,
     threads: threads("pretrain")
-    resources:
-        **res("pretrain"),
+    resources: **res("pretrain")
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} pretrain-backbone {params.args} --out {output} > {log} 2>&1"

@@ -17,16 +17,11 @@ report: "../report/workflow.rst"
 REPORT_SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts" / "report"
 
 
-def _report_registry():
-    """items.py, loaded from its file (the scripts' folder is not a package of the Snakefile)."""
-    spec = importlib.util.spec_from_file_location("tocom_report_items", REPORT_SCRIPTS / "items.py")
-    registry = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = registry           # dataclasses look their module up
-    spec.loader.exec_module(registry)
-    return registry
-
-
-REPORT_ITEMS = _report_registry()
+# items.py, loaded from its file (the scripts' folder is not a package of the Snakefile)
+_spec = importlib.util.spec_from_file_location("tocom_report_items", REPORT_SCRIPTS / "items.py")
+REPORT_ITEMS = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = REPORT_ITEMS          # dataclasses look their module up
+_spec.loader.exec_module(REPORT_ITEMS)
 
 
 def _check_report(cfg):

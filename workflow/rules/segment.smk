@@ -8,24 +8,19 @@ SEGMENT_TABLE = run_path(layout.TABLE, table="segment")
 SEG_RES = "segment" if "segment" in config["resources"] else "finetune"    # resources entry of segment-finetune
 
 
-def segment_run(wc):
-    return GRID.segment_run(**wc)
-
-
 def segment_plugins(wc):
     seg = config.get("segmentation") or {}
     return {v: plugin_file(wc.backbone, SEGMENT_METHOD, v) for v in seg.get("variants", [])}
 
 
 def segment_finetune_flags(wc):
-    run = segment_run(wc)
+    run = GRID.segment_run(**wc)
     return " ".join([backbone_flags(run.backbone), flags(dataset=run.dataset, r=run.source),
                      GRID.segment_settings().cli_args(), common_flags(run.dataset, run.seed, SEG_RES)])
 
 
 def segment_eval_flags(wc):
-    run = segment_run(wc)
-    seg = config["segmentation"]
+    run, seg = GRID.segment_run(**wc), config["segmentation"]
     return " ".join([flags(targets=sorted(int(t) for t in seg["targets"]),
                            plugin=[f"{v}={p}" for v, p in segment_plugins(wc).items()]),
                      GRID.eval_settings.replace(**(seg.get("evaluate") or {})).cli_args(),
@@ -33,20 +28,15 @@ def segment_eval_flags(wc):
 
 
 rule segment_finetune:
-    input:
-        backbone_input,
-    output:
-        run_path(layout.SEGMENT),
-    log:
-        job_log("segment", layout.SEGMENT),
-    benchmark:
-        job_benchmark("segment", layout.SEGMENT)
+    input: backbone_input
+    output: run_path(layout.SEGMENT)
+    log: job_log("segment", layout.SEGMENT)
+    benchmark: job_benchmark("segment", layout.SEGMENT)
     params:
         launch=launch(SEG_RES),
         args=segment_finetune_flags,
     threads: threads(SEG_RES)
-    resources:
-        **res(SEG_RES),
+    resources: **res(SEG_RES)
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} segment-finetune {params.args} --out {output} > {log} 2>&1"
 
@@ -55,30 +45,23 @@ rule segment_evaluate:
     input:
         model=run_path(layout.SEGMENT),
         plugins=lambda wc: list(segment_plugins(wc).values()),
-    output:
-        run_path(layout.SEGMENT_EVAL),
-    log:
-        job_log("segment_eval", layout.SEGMENT_EVAL),
-    benchmark:
-        job_benchmark("segment_eval", layout.SEGMENT_EVAL)
+    output: run_path(layout.SEGMENT_EVAL)
+    log: job_log("segment_eval", layout.SEGMENT_EVAL)
+    benchmark: job_benchmark("segment_eval", layout.SEGMENT_EVAL)
     params:
         launch=launch("eval"),
         args=segment_eval_flags,
     threads: threads("eval")
-    resources:
-        **res("eval"),
+    resources: **res("eval")
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} segment-evaluate --checkpoint {input.model} {params.args} "
         "--out {output} > {log} 2>&1"
 
 
 rule aggregate_segment:
-    input:
-        [run_path(r.eval_path) for r in sorted(GRID.segments.values(), key=lambda r: r.eval_path)],
-    output:
-        SEGMENT_TABLE,
-    log:
-        run_path(layout.STEP_LOG, stage="aggregate_segment"),
+    input: [run_path(r.eval_path) for r in sorted(GRID.segments.values(), key=lambda r: r.eval_path)]
+    output: SEGMENT_TABLE
+    log: run_path(layout.STEP_LOG, stage="aggregate_segment")
     params:
         backbone_key=(config.get("segmentation") or {}).get("backbone", ""),
     localrule: True

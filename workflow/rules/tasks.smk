@@ -15,10 +15,8 @@ def data_input(dataset):
 
 
 rule make_task:
-    output:
-        task_lists("{task}"),
-    log:
-        job_log("tasks", layout.TASK),
+    output: task_lists("{task}")
+    log: job_log("tasks", layout.TASK)
     params:
         launch=f"{sys.executable} -m tocom.cli",
         root=GRID.generated_root,

@@ -48,6 +48,8 @@ COLUMNS = {
 # Which `resources` entry of the config a rule's jobs ran with (for GPUs per job in runtime.csv).
 RESOURCE_OF_RULE = {"pretrain": "pretrain", "distill": "distill", "finetune": "finetune", "select": "finetune",
                     "search": "finetune", "evaluate": "eval", "transfer": "eval", "bench": "bench"}
+LOG = (getattr(sm, "log", None) or [None])[0]     # the tables written, or why it stopped (tests pass no log)
+FIX = "re-run the step that wrote it (delete the file and rerun the workflow)"
 
 
 def named(group, name, default=None):
@@ -60,12 +62,6 @@ def named(group, name, default=None):
 
 def param(name, default=None):
     return named(sm.params, name, default)
-
-
-LOG = (getattr(sm, "log", None) or [None])[0]     # the tables written, or why it stopped (tests pass no log)
-
-
-FIX = "re-run the step that wrote it (delete the file and rerun the workflow)"
 
 
 def fail(path, why: str):
@@ -108,18 +104,11 @@ def concat(kind):
     return df
 
 
-def header(path):
-    """(metadata, {tensor name: shape}) of a safetensors file, without loading any tensor."""
+def or_fail(read, *args):
+    """read(*args) of tocom.io (a safetensors header, a JSON object in it), or its error (which names the file
+    and the fix) as one line."""
     try:
-        return read_safetensors_header(path, FIX)
-    except TocomError as e:
-        fail(None, str(e))
-
-
-def json_field(path, meta: dict, key: str, what: str) -> dict:
-    """A JSON object stored under `key` in a safetensors header ({} when absent)."""
-    try:
-        return header_json(path, meta, key, f"{what} header '{key}'", FIX) or {}
+        return read(*args, FIX)
     except TocomError as e:
         fail(None, str(e))
 
@@ -143,8 +132,8 @@ def as_int(path, meta, key):
 
 
 def plugin_row(path):
-    meta, shapes = header(path)
-    extra = json_field(path, meta, "extra", "plugin")
+    meta, shapes = or_fail(read_safetensors_header, path)
+    extra = or_fail(header_json, path, meta, "extra", "plugin header 'extra'") or {}
     settings = extra.get("settings")
     f = fields(layout.PLUGIN, path)
     row = {"backbone_key": f["backbone"], "backbone": meta.get("backbone"), "method": f["method"],
@@ -158,8 +147,8 @@ def plugin_row(path):
 
 
 def model_row(path, recipes: dict):
-    meta, shapes = header(path)
-    meta = json_field(path, meta, "tocom", "model")
+    meta, shapes = or_fail(read_safetensors_header, path)
+    meta = or_fail(header_json, path, meta, "tocom", "model header 'tocom'") or {}
     for role, template in layout.ROLES.items():
         try:
             f = layout.parse(template, path)
@@ -198,8 +187,7 @@ def search_rows(path, recipes: dict) -> list[dict]:
             name = layout.parse(layout.SEARCH_SCORE, c.get("path", ""))["candidate"]
         except ValueError:
             name = ""
-        rows.append({**key, "candidate": name,
-                     **values, "top1": c.get("top1"),
+        rows.append({**key, "candidate": name, **values, "top1": c.get("top1"),
                      "chosen": all(values[k] == chosen[k] for k in chosen)})
     return rows
 
@@ -225,20 +213,16 @@ def runtime_rows(folder, resources: dict) -> list[dict]:
     return rows
 
 
-recipes = param("recipes", {}) or {}
-evals, transfers, benches = concat("evals"), concat("transfers"), concat("benches")
-plugin_recs = [plugin_row(p) for p in sm.input.plugins]
-model_recs = [model_row(p, recipes) for p in sm.input.models]
-search_recs = [r for p in named(sm.input, "chosen", []) for r in search_rows(p, recipes)]
-
-
 def frame(recs, kind):
     extra = list(dict.fromkeys(k for r in recs for k in r if k not in COLUMNS[kind]))
     return pd.DataFrame(recs, columns=COLUMNS[kind] + extra)
 
 
-plugins, models = frame(plugin_recs, "plugins"), frame(model_recs, "models")
-search = frame(search_recs, "search")
+recipes = param("recipes", {}) or {}
+evals, transfers, benches = concat("evals"), concat("transfers"), concat("benches")
+plugins = frame([plugin_row(p) for p in sm.input.plugins], "plugins")
+models = frame([model_row(p, recipes) for p in sm.input.models], "models")
+search = frame([r for p in named(sm.input, "chosen", []) for r in search_rows(p, recipes)], "search")
 search = search[[c for c in search if c not in ("top1", "chosen")] + ["top1", "chosen"]]   # settings, then score
 runtime = pd.DataFrame(runtime_rows(param("benchmarks"), param("resources", {}) or {}), columns=COLUMNS["runtime"])
 outputs = [(evals, "evals"), (transfers, "transfers"), (benches, "benches"), (plugins, "plugins"),

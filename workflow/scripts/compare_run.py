@@ -75,10 +75,6 @@ def artefact_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _files(run: Path, templates: list[str]) -> list[Path]:
-    return sorted({f for t in templates for f in run.glob(re.sub(r"{\w+}", "*", t)) if f.is_file()})
-
-
 def digests(run: Path) -> dict[str, dict[str, dict]]:
     """stage -> artefact -> {"files": how many, "sha256": digest}: one file's digest, or for several files the
     digest of their (path below the run folder, digest) lines, so adding, dropping or renaming one counts too."""
@@ -86,14 +82,11 @@ def digests(run: Path) -> dict[str, dict[str, dict]]:
     for stage, artefacts in STAGES.items():
         out[stage] = {}
         for name, templates in artefacts.items():
-            files = _files(run, templates)
-            if not files:
-                out[stage][name] = {"files": 0, "sha256": None}
-                continue
+            files = sorted({f for t in templates for f in run.glob(re.sub(r"{\w+}", "*", t)) if f.is_file()})
             lines = "".join(f"{f.relative_to(run).as_posix()}\t{artefact_digest(f)}\n" for f in files)
             single = len(files) == 1 and len(templates) == 1 and "{" not in templates[0]
             digest = artefact_digest(files[0]) if single else hashlib.sha256(lines.encode()).hexdigest()
-            out[stage][name] = {"files": len(files), "sha256": digest}
+            out[stage][name] = {"files": len(files), "sha256": digest if files else None}
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
+from functools import reduce
 from pathlib import Path
 
 import yaml
@@ -38,19 +39,12 @@ A config is checked against the schema and the cross-checks of `tocom/experiment
 """
 
 
-def _pointer(root: dict, ref: str) -> dict:
-    node = root
-    for part in ref.removeprefix("#/").split("/"):
-        node = node[part]
-    return node
-
-
 def resolve(root: dict, node: dict) -> tuple[dict, list[str]]:
     """(node with its $refs followed, the mapping definitions it refers to, outermost first); the referring
     node's own keys win, properties and required lists merge."""
     refs = []
     while "$ref" in node:
-        target = _pointer(root, node["$ref"])
+        target = reduce(lambda n, part: n[part], node["$ref"].removeprefix("#/").split("/"), root)
         if "properties" in target or "$ref" in target:
             refs.append(node["$ref"])
         own = {k: v for k, v in node.items() if k != "$ref"}

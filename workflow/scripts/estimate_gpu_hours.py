@@ -163,8 +163,7 @@ def estimate(config: dict, loader: dict[str, float] | None = None) -> pd.DataFra
         except Exception:                                        # noqa: BLE001  (an unregistered name: eval's cost)
             return "eval"
 
-    ev = grid.eval_settings
-    rows = []
+    ev, rows = grid.eval_settings, []
 
     def add(rule, job, key, v100_hours, images=0, transform="eval"):
         rows.append({"rule": rule, "job": job, "key": key, "v100_hours": v100_hours, "images": images,
@@ -200,16 +199,15 @@ def estimate(config: dict, loader: dict[str, float] | None = None) -> pd.DataFra
         n, val = size(cand.dataset, "train", s.limit) * s.epochs, size(cand.dataset, "val", ev.limit)
         add("search_candidate", cand.job, grid.resource_key("finetune", cand.recipe),
             (n * 3 + val) * cost(cand.backbone, cand.method, cand.source), n + val, train_transform(cand.dataset))
-    n_scales = len(ev.scales)
     for ev_run in grid.evals.values():
         ft, method = ev_run.finetune, ev_run.method   # (a shared r = 0 model is evaluated once per method)
         val, test = size(ft.dataset, "val", ev.limit), size(ft.dataset, "test", ev.limit)
         passes = {t: (val + test) for t in ev_run.targets}          # images read per target
         for t in ev_run.targets:
             if t != ft.source:
-                passes[t] += len(ev_run.variants) * (n_scales * val + test)
+                passes[t] += len(ev_run.variants) * (len(ev.scales) * val + test)
                 if ev_run.selector is not None:       # the companion scores s on val as well
-                    passes[t] += (1 + len(ev_run.variants) * n_scales) * val
+                    passes[t] += (1 + len(ev_run.variants) * len(ev.scales)) * val
         add("evaluate", ev_run.job, "eval", sum(n * cost(ft.backbone, method, t) for t, n in passes.items()),
             sum(passes.values()))
     for t in grid.transfers:
@@ -340,22 +338,17 @@ def main(config_path: str, results: str | None = None, loader_bench: str | None 
         notes.append(f"Sizes unknown (assumed {UNKNOWN_SIZE} images, or the config's limit): "
                      f"{', '.join(est.attrs['unknown_sizes'])}.")
     named = sorted({e.get("gpu_model") for e in config.get("resources", {}).values() if e.get("gpu_model")})
-    print(df.to_markdown())
-    print()
+    print(df.to_markdown() + "\n")
     print("v100_hours: FLOPs-anchored compute in V100-hours (paper: ToCom distillation = 14.4 GPU-hours). "
           f"gpu_hours: device-hours on the GPUs the config names ({', '.join(named) or 'none: V100'}; "
           + "; ".join(f"{g} = {GPUS[g].speed:g}x a V100" for g in named) + "), each job bounded below by its "
           f"loader ({', '.join(f'{k} {v:g}' for k, v in rates.items())} images/s per worker"
           + (f", from {loader_bench}" if loader_bench else ", measured on this project's machine") + "); "
           "loader_bound: jobs whose loader is the slower.")
-    for n in notes:
-        print(n)
+    print("\n".join(notes))
     mem = memory_table(grid)
     if len(mem):
-        print()
-        print("GPU memory per job (the largest of each `resources` entry; tocom/gpus.py):")
-        print()
-        print(mem.to_markdown())
+        print(f"\nGPU memory per job (the largest of each `resources` entry; tocom/gpus.py):\n\n{mem.to_markdown()}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import argparse
 import copy
 import os
 import pickle
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -49,7 +50,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER_CONFIG = REPO / "config" / "paper.yaml"
-NAME = "paper_smoke"        # the derived name of config/paper.yaml (`smoke_name`)
 N = 4                       # images per training step: batch_size = limit, so one step per epoch
 SEED = 0
 SEG_N = 2                   # segmentation images per step and per evaluated split (512 px crops: the costly jobs)
@@ -62,15 +62,9 @@ EXTRA_BACKBONES = ("deit_base_patch16_384",)
 
 def checkpoint_name(timm_name: str) -> str:
     """Fixture checkpoint file of a timm backbone (random init, in the official releases' format)."""
-    if timm_name == "vit_base_patch16_224.mae":
-        return "mae_pretrain_vit_base.random-init.pth"
-    return f"{timm_name}.random-init.pth"
+    return "mae_pretrain_vit_base.random-init.pth" if timm_name == "vit_base_patch16_224.mae" else \
+        f"{timm_name}.random-init.pth"
 
-
-#: Dataset -> sub-folder of data/ (the documented default roots, docs/datasets.md).
-ROOTS = {"imagenet": "imagenet", "cifar100": "cifar100", "cub200": "cub200", "stanford_cars": "stanford_cars",
-         "stanford_dogs": "stanford_dogs", "oxford_flowers102": "oxford_flowers102", "vtab": "vtab-1k",
-         "ade20k": "ade20k"}
 
 # Per-class image counts of the fixtures: train/test of the releases without a val split (whose val is a
 # stratified 10 % of train), enough that train, val and a `limit` of N are never empty.
@@ -78,20 +72,15 @@ TRAIN_PER_CLASS, TEST_PER_CLASS, FIXTURE_CLASSES = 5, 2, 4
 
 
 # ---------------------------------------------------------------------------------------------- images
-def _image(rng: np.random.Generator, mode: str = "RGB"):
-    """A small random image of an odd, non-square size (the transforms resize it to the model's)."""
+def write_image(path: Path, rng: np.random.Generator, mode: str = "RGB", fmt: str = "JPEG") -> None:
+    """A small random image of an odd, non-square size (the transforms resize it to the model's); mode RGB / L
+    (grayscale) / CMYK; fmt JPEG or PNG (whatever the file name says, as in ImageNet)."""
     from PIL import Image
 
     h, w = int(rng.integers(24, 48)), int(rng.integers(24, 48))
-    arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    img = Image.fromarray(arr, "RGB")
-    return img.convert(mode) if mode != "RGB" else img
-
-
-def write_image(path: Path, rng: np.random.Generator, mode: str = "RGB", fmt: str = "JPEG") -> None:
-    """mode RGB / L (grayscale) / CMYK; fmt JPEG or PNG (whatever the file name says, as in ImageNet)."""
+    img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _image(rng, mode).save(path, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    (img.convert(mode) if mode != "RGB" else img).save(path, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
 
 
 def _spread(num_classes: int, k: int = FIXTURE_CLASSES) -> list[int]:
@@ -137,8 +126,7 @@ def write_cub200(root: Path, rng) -> None:
     """root/CUB_200_2011/ with images/<NNN.Name>/*.jpg, images.txt, image_class_labels.txt (1-based),
     train_test_split.txt, classes.txt; one grayscale JPEG (the release has a few)."""
     base = root / "CUB_200_2011"
-    images, labels, split, classes = [], [], [], []
-    img_id = 0
+    images, labels, split, classes, img_id = [], [], [], [], 0
     for c in _spread(200):
         folder = f"{c + 1:03d}.Bird_{c + 1}"
         classes.append(f"{c + 1} {folder}\n")
@@ -267,10 +255,8 @@ WRITERS = {"imagenet": write_imagenet, "cifar100": write_cifar100, "cub200": wri
 def write_data(data_root: Path) -> None:
     """Every fixture dataset under data_root at its documented sub-path; deterministic (fixed seeds)."""
     for i, (name, writer) in enumerate(WRITERS.items()):
-        target = data_root / ROOTS[name]
+        target = data_root / ("vtab-1k" if name == "vtab" else name)     # the default roots (docs/datasets.md)
         if target.exists():
-            import shutil
-
             shutil.rmtree(target)
         writer(target, np.random.default_rng([SEED, i]))
 
@@ -290,8 +276,7 @@ def write_checkpoints(folder: Path, names, force: bool = False) -> dict[str, Pat
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for name in names:
-        path = folder / checkpoint_name(name)
-        out[name] = path
+        out[name] = path = folder / checkpoint_name(name)
         if path.is_file() and not force:
             continue
         torch.manual_seed(SEED)
@@ -302,15 +287,11 @@ def write_checkpoints(folder: Path, names, force: bool = False) -> dict[str, Pat
             torch.save({"model": model.state_dict()}, tmp)
             os.replace(tmp, path)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            Path(tmp).unlink(missing_ok=True)
     return out
 
 
 # ---------------------------------------------------------------------------------------------- config
-STEP_KEYS = ("epochs", "batch_size", "limit")
-
-
 def _one_step(values: dict, always: bool) -> None:
     """One optimisation step on N images: epochs 1, batch_size = limit = N (only keys already set unless
     `always`, so an override block stays an override)."""
@@ -330,12 +311,8 @@ def _floor_at_zero(values: dict, defaults) -> None:
 def _pick_vtab(datasets: list[str], groups: dict, k: int) -> str:
     """The first dataset of VTAB group k (natural, specialized, structured, in turn) among `datasets`."""
     names = list(groups)
-    for j in range(len(names)):
-        group = set(groups[names[(k + j) % len(names)]])
-        hits = [d for d in datasets if d in group]
-        if hits:
-            return hits[0]
-    return datasets[0]
+    return next((d for j in range(len(names)) for d in datasets if d in groups[names[(k + j) % len(names)]]),
+                datasets[0])
 
 
 def smoke_name(config: dict) -> str:
@@ -418,11 +395,8 @@ def derive_config(paper: dict, folder: str | Path) -> dict:
 
     # Transfer (Table 1): the first check, onto the FGVC dataset the studies kept.
     kept = {d for st in studies for s in st["sets"] for d in s["datasets"]}
-    transfers = []
-    for t in cfg.get("transfer", [])[:1]:
-        b = [d for d in t["b"] if d in kept][:1] or t["b"][:1]
-        transfers.append({**t, "b": b})
-    cfg["transfer"] = transfers
+    cfg["transfer"] = [{**t, "b": [d for d in t["b"] if d in kept][:1] or t["b"][:1]}
+                       for t in cfg.get("transfer", [])[:1]]
     cfg["bench"] = [{**b, "r": sorted({min(b["r"]), max(b["r"])}), "batch_size": 2, "warmup": 0, "repeats": 1}
                     for b in cfg.get("bench", [])[:1]]
 

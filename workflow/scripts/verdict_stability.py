@@ -224,15 +224,14 @@ def main(argv=None) -> None:
     table = table.loc[list(dict.fromkeys(e.group or e.key for e in effects))]
     modal = flips.pivot(index="claim", columns="design", values="modal")[list(DESIGNS)].loc[table.index]
     print(f"Flip rate: how often two independent runs give a claim different verdicts ({args.sims} simulated pairs "
-          f"of runs per design, tau = {args.tau:g}; Monte-Carlo sd ≤ {0.5 / math.sqrt(args.sims):.3f}):\n")
-    print(table.to_markdown(floatfmt=".2f"))
-    print(f"\nAny flip in the table: {', '.join(f'{d}: {v:.2f}' for d, v in table.sum().items())} "
-          "(expected number of claims that flip)\n")
-    print("The most common verdict (share of simulated runs):\n")
-    print(modal.to_markdown())
+          f"of runs per design, tau = {args.tau:g}; Monte-Carlo sd ≤ {0.5 / math.sqrt(args.sims):.3f}):\n",
+          table.to_markdown(floatfmt=".2f"),
+          f"\nAny flip in the table: {', '.join(f'{d}: {v:.2f}' for d, v in table.sum().items())} "
+          "(expected number of claims that flip)\n", "The most common verdict (share of simulated runs):\n",
+          modal.to_markdown(), sep="\n")
     chance = chance_rate(effects, args.sims)
-    print("\nEvery effect null: the share of runs in which some claim gets a verdict by chance:\n")
-    print(chance.to_markdown(index=False, floatfmt=".3f"))
+    print("\nEvery effect null: the share of runs in which some claim gets a verdict by chance:\n",
+          chance.to_markdown(index=False, floatfmt=".3f"), sep="\n")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from claims_at_scale import (ABSENT, FAILS, HOLDS, INSENSITIVE_MAX, MIN_PAIRS, NS, Claim, averaged_over_pairs,
-                             directional, insensitive, judge_all)
+                             directional, frame, insensitive, judge_all)
 from common.builders import variant_settings
 from common.ctx import GROUPS, Ctx, present, run, select
 from common.fmt import NOT_IN_GRID, fmt, fmt_p, latex, markdown_table, r_pair, short
@@ -80,15 +80,12 @@ def gains_by_target(ev, source, targets, variant, datasets) -> dict:
 
 
 def max_gains(ctx: Ctx, t: Table) -> list[str]:
-    ev, variant = ctx.evals("main"), ctx.plugin("main")
-    source = ctx.report["degrees"]["fig5_source"]
-    cf = list(ctx.report["cifar_fgvc"])
-    vtab = ctx.vtab_all()
+    ev, variant, source = ctx.evals("main"), ctx.plugin("main"), ctx.report["degrees"]["fig5_source"]
+    cf, vtab = list(ctx.report["cifar_fgvc"]), ctx.vtab_all()
     groups = [(f"CIFAR-100 role ({short(cf[0])})" if cf else "CIFAR-100 role", cf[:1], "cifar100"),
               ("FGVC role, mean of " + ", ".join(short(d) for d in cf[1:]), cf[1:], "fgvc/mean"),
               (f"VTAB-1k mean of the {len(present(vtab, ev))} tasks evaluated", vtab, "vtab/mean")]
-    notes = []
-    here = ev[ev.source_r == source]
+    notes, here = [], ev[ev.source_r == source]
     targets = sorted({int(x) for x in here.target_r if x > source})
     for label, datasets, paper_key in groups:
         have = present(datasets, here)
@@ -112,10 +109,8 @@ def max_gains(ctx: Ctx, t: Table) -> list[str]:
 
 
 def average_gains(ctx: Ctx, t: Table) -> list[str]:
-    ev, variant = ctx.evals("main"), ctx.plugin("main")
-    source = ctx.report["degrees"]["fig5_source"]
-    cf = list(ctx.report["cifar_fgvc"])
-    notes = []
+    ev, variant, source = ctx.evals("main"), ctx.plugin("main"), ctx.report["degrees"]["fig5_source"]
+    cf, notes = list(ctx.report["cifar_fgvc"]), []
     for target in ctx.report["degrees"]["inference"]["targets"]:
         for label, datasets, paper_key in (("CIFAR-100 + FGVC mean", cf, "cifar100+fgvc/mean"),
                                            ("FGVC mean", cf[1:], None)):
@@ -139,9 +134,7 @@ def average_gains(ctx: Ctx, t: Table) -> list[str]:
 def training_cost(ctx: Ctx, t: Table) -> list[str]:
     rt, role = ctx.table("runtime"), ctx.role("main")
     gpus = int((ctx.config.get("resources", {}).get("distill") or {}).get("gpus", 0) or 0)
-    hours, paper_gpus = paper_training_cost()
-    if ctx.paper is None:
-        hours = paper_gpus = None
+    hours, paper_gpus = paper_training_cost() if ctx.paper is not None else (None, None)
     job = f"{role['backbone']}_{role['method']}_{ctx.plugin('main')}"
     rows = rt[(rt.rule == "distill")] if len(rt) else rt
     mine = rows[rows.job == job] if len(rows) else rows
@@ -155,7 +148,6 @@ def training_cost(ctx: Ctx, t: Table) -> list[str]:
     if gpus:
         t.put(C, "GPU-hours", "ours", Stat(h * gpus, n=1), hours * paper_gpus if hours and paper_gpus else None,
               digits=2)
-    notes = []
     if len(rows) > 1:
         t.put(C, f"all {rows.job.nunique()} distillations: total wall-clock (h)", "ours",
               Stat(float(rows.groupby("job").s.mean().sum()) / 3600, n=1), digits=3)
@@ -168,10 +160,9 @@ def training_cost(ctx: Ctx, t: Table) -> list[str]:
         what = (f" It distilled {int(s['settings.epochs'])} epoch(s) of {ctx.config['distill'].get('dataset')}"
                 + (f" (at most {int(s['settings.limit'])} images)" if pd.notna(s.get("settings.limit")) else "")
                 + f", batch {int(s['settings.batch_size'])}.")
-    notes.append("(c) One measurement (Snakemake `benchmark:` wall-clock of the job, data loading included), "
-                 + ("on CPU: resources.distill.gpus is 0." if not gpus else
-                    "on this cluster's GPUs (their model is not recorded; the paper's are V100s).") + what)
-    return notes
+    return ["(c) One measurement (Snakemake `benchmark:` wall-clock of the job, data loading included), "
+            + ("on CPU: resources.distill.gpus is 0." if not gpus else
+               "on this cluster's GPUs (their model is not recorded; the paper's are V100s).") + what]
 
 
 def plugin_costs(ctx: Ctx, t: Table) -> list[str]:
@@ -355,8 +346,8 @@ def text_claims(ctx: Ctx) -> list[Claim]:
 
 def verdict_rows(claims: list[Claim]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(display, CSV rows: kind claim / detail, with expected, verdict and reason) of the text's claims."""
-    show, recs = [], []
-    for c in (x for claim in claims for x in (claim, *claim.details)):
+    show, rows = [], [x for claim in claims for x in (claim, *claim.details)]
+    for c in rows:
         t, paired = c.test or {}, bool(c.test and c.test.get("n_pairs"))
         digits = 3 if c.block == J else 2
         verdict = c.verdict + (f" ({c.reason})" if c.reason and c.verdict != ABSENT else "")
@@ -365,22 +356,16 @@ def verdict_rows(claims: list[Claim]) -> tuple[pd.DataFrame, pd.DataFrame]:
                      "pairs (tasks × seeds)": f"{t['n_pairs']} ({t['n_tasks']} × {t['n_seeds']})" if paired else "—",
                      "Wilcoxon p": fmt_p(t.get("p_wilcoxon")) if paired else "—",
                      "verdict": verdict if c.verdict else ""})
-        recs.append({"kind": "claim" if c.verdict else "detail", "block": c.block, "row": c.row, "column": "effect",
-                     "mean": t.get("mean"), "ci": t.get("ci"), "n_seeds": t.get("n_seeds", 0),
-                     "n_tasks": t.get("n_tasks", 0), "p_wilcoxon": t.get("p_wilcoxon"), "p_ttest": t.get("p_ttest"),
-                     "n_pairs": t.get("n_pairs", 0), "expected": c.expected, "verdict": c.verdict,
-                     "reason": c.reason})
     disp = pd.DataFrame(show)
     disp["claim"] = disp["claim"].where(disp["claim"] != disp["claim"].shift(), "")
-    return disp, pd.DataFrame(recs, columns=CSV_COLUMNS + ["expected", "verdict", "reason"])
+    return disp, frame(rows)[CSV_COLUMNS + ["expected", "verdict", "reason"]]
 
 
 def make(ctx: Ctx, item: Item) -> None:
     t = Table(ctx, item, f"Each number the paper states in its text, beside this run's (role "
                          f"{ctx.role_label('main')}); gains are ToCom (s chosen on val) minus the same model "
                          "without it, test top-1 points.")
-    notes = max_gains(ctx, t) + average_gains(ctx, t) + training_cost(ctx, t) + plugin_costs(ctx, t)
-    t.notes += notes
+    t.notes += max_gains(ctx, t) + average_gains(ctx, t) + training_cost(ctx, t) + plugin_costs(ctx, t)
     claims = text_claims(ctx)
     disp, rows = verdict_rows(claims)
     caption = (f"The text's qualitative claims, each with a verdict (role {ctx.role_label('main')}; (i) against the "

@@ -152,18 +152,15 @@ def judge_insensitive(claim: Claim) -> Claim:
     widest = max(wide, key=wide.get)
     largest = max(tests, key=lambda k: abs(tests[k]["mean"]))
     if differ:
-        claim.verdict = FAILS
-        claim.reason = f"significant difference: {', '.join(differ)}"
+        claim.verdict, claim.reason = FAILS, f"significant difference: {', '.join(differ)}"
     elif few:
         claim.verdict, claim.reason = NS, f"too few pairs: {', '.join(few)} (< {MIN_PAIRS})"
     elif abs(tests[largest]["mean"]) >= INSENSITIVE_MAX:
-        claim.verdict = NS
-        claim.reason = (f"no significant difference, but the absolute Δ of {largest} is "
-                        f"{abs(tests[largest]['mean']):.2f} ≥ {INSENSITIVE_MAX:g} point")
+        claim.verdict, claim.reason = NS, (f"no significant difference, but the absolute Δ of {largest} is "
+                                           f"{abs(tests[largest]['mean']):.2f} ≥ {INSENSITIVE_MAX:g} point")
     elif wide[widest] >= INSENSITIVE_MAX:
-        claim.verdict = NS
-        claim.reason = (f"no significant difference, but the 95 % interval of {widest} reaches "
-                        f"{wide[widest]:.2f} ≥ {INSENSITIVE_MAX:g} point")
+        claim.verdict, claim.reason = NS, (f"no significant difference, but the 95 % interval of {widest} reaches "
+                                           f"{wide[widest]:.2f} ≥ {INSENSITIVE_MAX:g} point")
     else:
         claim.verdict = HOLDS
     return claim
@@ -234,17 +231,15 @@ def ablation_diffs(ctx: Ctx, variant: str, minus: str) -> pd.Series | None:
     """`variant` − `minus` (plugins of the main role, each at its s chosen on val) on the role's datasets that
     have both (the paper evaluates its ablations on VTAB-1k only; a CPU run on every task it fine-tunes)."""
     ev, tasks = ctx.evals("main"), role_datasets(ctx)
-    per_pair = [pair_diffs(select(ev, s, t, minus, tasks), select(ev, s, t, variant, tasks))
-                for s, t in (tuple(p) for p in ctx.report["degrees"]["ablation"])]
-    return averaged_over_pairs(per_pair)
+    return averaged_over_pairs([pair_diffs(select(ev, s, t, minus, tasks), select(ev, s, t, variant, tasks))
+                                for s, t in (tuple(p) for p in ctx.report["degrees"]["ablation"])])
 
 
 def ablation_where(ctx: Ctx, kind: str, variants) -> str:
-    pairs = ", ".join(r_pair(*p) for p in ctx.report["degrees"]["ablation"])
     if not variants:
         return f"`report.variants.{kind}` lists no plugin (define them under `variants` and list them there)"
-    return (f"no results of {', '.join(variants)} with the main plugin at {pairs} on the role's datasets: add them "
-            "to the `variants` of a `studies` set of the main role with those degree pairs")
+    return (f"no results of {', '.join(variants)} with the main plugin at {pairs_text(ctx)} on the role's datasets: "
+            "add them to the `variants` of a `studies` set of the main role with those degree pairs")
 
 
 # ---- the claims -----------------------------------------------------------------------------------
@@ -262,15 +257,19 @@ def mismatch(ctx: Ctx) -> list[Claim]:
     return out
 
 
+def gain_claim(ctx: Ctx, name: str, source: int, target: int, block: str, key: str) -> Claim:
+    """ToCom's gain over the plain model of a role at source → target (claims 2, 3 and 8)."""
+    pair = r_pair(source, target)
+    return directional(Claim(block, f"+ ToCom − plain, {pair}", "> 0", key=key),
+                       gain_diffs(ctx, name, source, target) if ctx.role(name) else None,
+                       where(ctx, name, f"plain and ToCom results at {pair}"))
+
+
 def gains(ctx: Ctx) -> list[Claim]:
     low, high = degrees(ctx)
-    out = []
-    for n, (source, target) in ((2, (low, high)), (3, (high, low))):
-        c = Claim(f"{n} ToCom improves an off-the-shelf model at {r_pair(source, target)} (Secs. 5.2, 5.3)",
-                  f"+ ToCom − plain, {r_pair(source, target)}", "> 0", key=f"{n} ToCom {r_pair(source, target)}")
-        out.append(directional(c, gain_diffs(ctx, "main", source, target),
-                               where(ctx, "main", f"plain and ToCom results at {r_pair(source, target)}")))
-    return out
+    return [gain_claim(ctx, "main", s, t, f"{n} ToCom improves an off-the-shelf model at {r_pair(s, t)} "
+                       "(Secs. 5.2, 5.3)", f"{n} ToCom {r_pair(s, t)}")
+            for n, (s, t) in ((2, (low, high)), (3, (high, low)))]
 
 
 def middle_target(ctx: Ctx) -> int | None:
@@ -331,10 +330,9 @@ def pairs_text(ctx: Ctx) -> str:
 def insensitivity(ctx: Ctx, kind: str) -> Claim:
     ours = ctx.plugin("main")
     variants = list(ctx.report.get("variants", {}).get(kind, []))
-    if kind == "rank":
-        what, key, paper, claim_key = "7a ToCom is insensitive to the LoRA rank h (Sec. 5.2, Table 7)", "rank", "h", "7a"
-    else:
-        what, key, paper, claim_key = "7b ToCom is insensitive to the training scale s (Sec. 5.2, Table 6)", "scale", "s", "7b"
+    what, key, paper, claim_key = (
+        ("7a ToCom is insensitive to the LoRA rank h (Sec. 5.2, Table 7)", "rank", "h", "7a") if kind == "rank" else
+        ("7b ToCom is insensitive to the training scale s (Sec. 5.2, Table 6)", "scale", "s", "7b"))
 
     def name(v):
         return f"{paper} = {variant_settings(ctx, 'main', v)[key]:g}"
@@ -358,14 +356,10 @@ def insensitivity(ctx: Ctx, kind: str) -> Claim:
 
 def other_methods(ctx: Ctx) -> list[Claim]:
     low, high = degrees(ctx)
-    out = []
-    for name in (m for m in METHODS if m in ROLES):     # the other methods' roles are named after them
-        section = IN_THE_PAPER.get(name, "not in the paper; the same claim")
-        c = Claim(f"8 ToCom improves {ROLES[name]} at {r_pair(low, high)} ({section})",
-                  f"+ ToCom − plain, {r_pair(low, high)}", "> 0", key=f"8 {name} {r_pair(low, high)}")
-        d = gain_diffs(ctx, name, low, high) if ctx.role(name) else None
-        out.append(directional(c, d, where(ctx, name, f"plain and ToCom results at {r_pair(low, high)}")))
-    return out
+    return [gain_claim(ctx, name, low, high, f"8 ToCom improves {ROLES[name]} at {r_pair(low, high)} "
+                       f"({IN_THE_PAPER.get(name, 'not in the paper; the same claim')})",
+                       f"8 {name} {r_pair(low, high)}")
+            for name in METHODS if name in ROLES]       # the other methods' roles are named after them
 
 
 def claims(ctx: Ctx) -> tuple[list[Claim], int]:
@@ -421,9 +415,8 @@ def make(ctx: Ctx, item: Item) -> None:
     lines = [f"### {item.title}", "", caption + " Rows marked ↳ are the variants behind it.", "",
              f"Verdicts — {VERDICT_RULES} The family in this run: {tested} tests.", "",
              markdown_table(display(rows)), ""]
-    absent = [c for c in main if c.verdict == ABSENT]
-    lines += [f"- Claim {c.block}: not in this run: {c.reason}." for c in absent]
-    lines += [""] if absent else []
+    absent = [f"- Claim {c.block}: not in this run: {c.reason}." for c in main if c.verdict == ABSENT]
+    lines += absent + ([""] if absent else [])
     write_text("\n".join(lines), ctx.out(item.stem, ".md"))
     write_text(latex(display(rows), f"{item.title}. {caption} Verdicts: {VERDICT_RULES.replace('**', '')} "
                                     f"The family in this run: {tested} tests."),

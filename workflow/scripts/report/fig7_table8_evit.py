@@ -10,8 +10,7 @@ def figure(ctx: Ctx, item: Item) -> None:
 
 
 def table(ctx: Ctx, item: Item) -> None:
-    group_table(ctx, item, "evit", "EViT prunes r tokens per layer.", "Table 8",
-                [tuple(p) for p in ctx.report["degrees"]["other"]])
+    group_table(ctx, item, "evit", "EViT prunes r tokens per layer.", "Table 8")
 
 
 if __name__ == "__main__":

@@ -143,9 +143,8 @@ def records(df: pd.DataFrame, key: str) -> list[tuple[str, dict]]:
 def groups_of(ctx: Ctx) -> tuple[list[dict], bool]:
     """The stages to tabulate: [{label, paper column, records [(who, settings)]}], and whether every one
     was read from result headers (False: some fall back to the config's values)."""
-    cfg, plugins, models = ctx.config, ctx.table("plugins"), ctx.table("models")
-    from_results = True
-    out = []
+    cfg, plugins, mods = ctx.config, ctx.table("plugins"), ctx.table("models")
+    from_results, out = True, []
     if len(plugins) and "method" in plugins:      # Table 11's dense-prediction plugins: their own recipe
         plugins = plugins[~plugins.method.isin(DENSE_METHODS)]
     pl = plugins[plugins.variant == "tocom"] if len(plugins) and (plugins.variant == "tocom").any() else plugins
@@ -161,7 +160,6 @@ def groups_of(ctx: Ctx) -> tuple[list[dict], bool]:
             values.pop("dataset", None)
             recs.append((bb, {**DistillSettings.from_mapping(values).asdict(), "groups": None}))
     out.append({"label": DISTILL, "paper": "ImageNet", "records": recs})
-    mods = models
     if len(mods):
         if "role" in mods:
             mods = mods[mods.role.fillna("final") == "final"]
@@ -204,8 +202,7 @@ def our_value(ctx: Ctx, group: dict, key: str, settings: dict):
         return None                                   # no adapter: the setting does nothing
     if key in EXTRA:
         return settings.get(key)
-    distill = group["label"] == DISTILL
-    recipe = group.get("recipe")
+    distill, recipe = group["label"] == DISTILL, group.get("recipe")
     if key == "base_learning_rate":
         if recipe and searched_grid(ctx, recipe, "lr"):
             return searched_grid(ctx, recipe, "lr")
@@ -248,9 +245,7 @@ def cell(ctx: Ctx, group: dict, key: str) -> tuple[str, list]:
 def protocol_rows() -> dict[str, str]:
     """docs/protocol.md's table of documented differences: setting id (`<Table 13 column>.<key>`) -> the
     value its `ours` column documents."""
-    if not PROTOCOL.exists():
-        return {}
-    text = PROTOCOL.read_text()
+    text = PROTOCOL.read_text() if PROTOCOL.exists() else ""
     if "## Table 13" not in text:
         return {}
     table = text.split("## Table 13", 1)[1].split("\n## ", 1)[0]
@@ -361,8 +356,7 @@ def hparams(ctx: Ctx, item: Item) -> None:
     cfg = ctx.config
     table, groups, from_results = hparams_table(ctx)
     ev_cfg = cfg.get("evaluate", {})
-    scales = ev_cfg.get("scales", [])
-    grid_scale = ev_cfg.get("grid_scale", 0.1)
+    scales, grid_scale = ev_cfg.get("scales", []), ev_cfg.get("grid_scale", 0.1)
     overrides = "; ".join(f"{k}: " + ", ".join(f"{a}={b}" for a, b in v.items())
                           for k, v in cfg["variants"].items() if v)
     compared = ", ".join(f"{g['label'].removeprefix('fine-tune: ')} ↔ {g['paper']}" for g in groups if g["paper"])

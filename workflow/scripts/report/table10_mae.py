@@ -7,8 +7,7 @@ from items import Item
 
 def make(ctx: Ctx, item: Item) -> None:
     loss = variant_settings(ctx, "mae", ctx.plugin("mae"))["loss"] if ctx.role("mae") else "—"
-    group_table(ctx, item, "mae", f"Plugin distilled with the `{loss}` loss.", "Table 10",
-                [tuple(p) for p in ctx.report["degrees"]["other"]])
+    group_table(ctx, item, "mae", f"Plugin distilled with the `{loss}` loss.", "Table 10")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ from tocom import layout
 
 
 def paper(ctx: Ctx, target: int, tocom: int, metric: str) -> float | None:
-    if ctx.paper is None:
-        return None
     p = ctx.paper
+    if p is None:
+        return None
     rows = p[(p.source == "Table 11") & (p.target_r == str(target)) & (p.tocom == str(tocom)) & (p.metric == metric)]
     return float(rows.value.iloc[0]) if len(rows) else None
 
@@ -53,14 +53,12 @@ def make(ctx: Ctx, item: Item) -> None:
             p0, p1 = paper(ctx, target, 0, "mIoU"), paper(ctx, target, 1, "mIoU")
             t.put(block, f"target r = {target} Δ", "mIoU", stat(both.miou_c - both.miou),
                   p1 - p0 if p0 is not None and p1 is not None else None, signed=True)
-    if not t.has_data():
-        return stub(ctx, item, f"no test rows at the configured degrees in {layout.TABLE.format(table='segment')}")
-    t.notes.append("Paper's degrees inferred from its GFLOPs (reference/paper_results.csv); its encoder is the "
-                   "distilled DeiT-B/16-384 at 512 × 512 (1,024 patch tokens), r up to 512.")
-    t.notes.append("GFLOPs in the paper's convention: one multiply-add per FLOP, the attention products q kᵀ and "
-                   "attention · v left out (as `tocom flops --head segmenter` counts them; with them DeiT-B/16-384's "
-                   "Segmenter at r = 0 would be 129.4).")
-    t.write()
+    t.notes += ["Paper's degrees inferred from its GFLOPs (reference/paper_results.csv); its encoder is the "
+                "distilled DeiT-B/16-384 at 512 × 512 (1,024 patch tokens), r up to 512.",
+                "GFLOPs in the paper's convention: one multiply-add per FLOP, the attention products q kᵀ and "
+                "attention · v left out (as `tocom flops --head segmenter` counts them; with them DeiT-B/16-384's "
+                "Segmenter at r = 0 would be 129.4)."]
+    t.finish(f"no test rows at the configured degrees in {layout.TABLE.format(table='segment')}")
 
 
 if __name__ == "__main__":

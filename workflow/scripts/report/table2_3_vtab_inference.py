@@ -2,7 +2,7 @@
 with ToCom, and source = target as reference. Table 2: Natural + Specialized; Table 3: Structured."""
 from common.builders import group_notes, vtab_row
 from common.ctx import Ctx, run
-from common.table import Table, stub
+from common.table import Table
 from items import Item
 
 
@@ -25,10 +25,7 @@ def vtab_table(ctx: Ctx, item: Item, groups: list[str], paper_source: str) -> No
             vtab_row(ctx, t, "main", block, f"source r = {s} + ToCom", s, target, True, groups, True, paper_source)
         vtab_row(ctx, t, "main", block, f"source r = {target}", target, target, False, groups, True, paper_source)
     t.notes += group_notes(ctx, "main")
-    if not t.has_data():
-        stub(ctx, item, "no VTAB-1k-role evaluation of the main role at these degrees")
-    else:
-        t.write()
+    t.finish("no VTAB-1k-role evaluation of the main role at these degrees")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 targets (paper: 0, 4), plain and with ToCom, and target = source as reference."""
 from common.builders import group_notes, vtab_row
 from common.ctx import GROUPS, Ctx, run
-from common.table import Table, stub
+from common.table import Table
 from items import Item
 
 
@@ -17,9 +17,7 @@ def make(ctx: Ctx, item: Item) -> None:
                 vtab_row(ctx, t, "main", block, label, s, target, tocom, GROUPS, paper_source="Table 4")
         vtab_row(ctx, t, "main", block, f"target r = {s}", s, s, False, GROUPS, paper_source="Table 4")
     t.notes += group_notes(ctx, "main")
-    if not t.has_data():
-        return stub(ctx, item, "no VTAB-1k-role evaluation of the main role at these degrees")
-    t.write()
+    t.finish("no VTAB-1k-role evaluation of the main role at these degrees")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 ablation settings (paper: 0 → 16, 0 → 12, 16 → 0)."""
 from common.builders import ablation_label, ablation_table
 from common.ctx import Ctx, run
-from common.table import stub
 from items import Item
 
 
@@ -12,9 +11,7 @@ def make(ctx: Ctx, item: Item) -> None:
     t = ablation_table(ctx, item, "Shared LoRA: one LoRA for every degree pair; CLS loss: cross-entropy on labels "
                                   "instead of self-distillation; No inversion: separate groups for moving up and "
                                   "down.", variants, "Table 5")
-    if not t.has_data():
-        return stub(ctx, item, "no VTAB-1k-role evaluation of the main role at the ablation settings")
-    t.write()
+    t.finish("no VTAB-1k-role evaluation of the main role at the ablation settings")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,11 @@ plugin's parameter count read from its safetensors header (plugins.csv)."""
 from common.builders import ablation_table, variant_settings
 from common.ctx import Ctx, run
 from common.stats import Stat
-from common.table import stub
 from items import Item
 
 
 def make(ctx: Ctx, item: Item) -> None:
-    variants = []
-    ours = ctx.plugin("main")
+    variants, ours = [], ctx.plugin("main")
     for v in [ours, *ctx.report["variants"]["rank"]]:
         h = variant_settings(ctx, "main", v)["rank"]
         variants.append((v, f"h = {h}" + (" (ours)" if v == ours else ""), f"h{h}"))
@@ -23,9 +21,7 @@ def make(ctx: Ctx, item: Item) -> None:
         params = Stat(rows.params.iloc[0] / 1e6, n=1) if len(rows) else Stat()
         paper = ctx.paper_value("Table 7", "main", "", None, None, 1, pvar, "params_M")
         t.put("", label, "# params (M)", params, paper, digits=2 if ctx.scale == "paper" else 3)
-    if not t.has_data():
-        return stub(ctx, item, "no VTAB-1k-role evaluation of the main role at the ablation settings")
-    t.write()
+    t.finish("no VTAB-1k-role evaluation of the main role at the ablation settings")
 
 
 if __name__ == "__main__":

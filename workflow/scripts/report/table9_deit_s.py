@@ -5,8 +5,7 @@ from items import Item
 
 
 def make(ctx: Ctx, item: Item) -> None:
-    group_table(ctx, item, "small", "Plugin distilled for this backbone as for the main one.", "Table 9",
-                [tuple(p) for p in ctx.report["degrees"]["other"]])
+    group_table(ctx, item, "small", "Plugin distilled for this backbone as for the main one.", "Table 9")
 
 
 if __name__ == "__main__":

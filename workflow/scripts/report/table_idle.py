@@ -10,8 +10,7 @@ def figure(ctx: Ctx, item: Item) -> None:
 
 
 def table(ctx: Ctx, item: Item) -> None:
-    group_table(ctx, item, "idle", "IdleViT keeps idle tokens aside at each layer; no paper numbers exist.", None,
-                [tuple(p) for p in ctx.report["degrees"]["other"]])
+    group_table(ctx, item, "idle", "IdleViT keeps idle tokens aside at each layer; no paper numbers exist.", None)
 
 
 if __name__ == "__main__":

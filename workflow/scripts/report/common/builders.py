@@ -50,20 +50,20 @@ def vtab_row(ctx: Ctx, t: Table, name: str, block, row, source, target, tocom: b
         t.test(block, row, pd.concat(all_base), pd.concat(all_rows))
 
 
-def group_table(ctx: Ctx, item: Item, name: str, caption: str, paper_source: str | None, pairs) -> None:
-    """Tables 8-10 and IdleViT: VTAB-1k group means per (source, target), plain and + ToCom. The paper's block
-    labels are inferred (reference/README.md): each `report.degrees.other_readings` entry [pair, other] adds a
-    block at `other`, beside the paper's numbers filed under `pair`, when this run has results there."""
+def group_table(ctx: Ctx, item: Item, name: str, caption: str, paper_source: str | None) -> None:
+    """Tables 8-10 and IdleViT: VTAB-1k group means per (source, target) of `degrees.other`, plain and + ToCom.
+    The paper's block labels are inferred (reference/README.md): each `report.degrees.other_readings` entry [pair,
+    other] adds a block at `other`, beside the paper's numbers filed under `pair`, when this run has results there."""
     role = ctx.role(name)
     if role is None or ctx.evals(name).empty:
         why = "no such role in the config's `report` section" if role is None else \
             f"no evaluation of {ctx.role_label(name)} in this run"
         return stub(ctx, item, why)
     t = Table(ctx, item, f"{caption} Role {ctx.role_label(name)}; VTAB-1k group means of test top-1 (%).")
-    ev = ctx.evals(name)
+    ev, pairs = ctx.evals(name), [tuple(p) for p in ctx.report["degrees"]["other"]]
     readings = [(tuple(other), tuple(pair)) for pair, other in ctx.report["degrees"].get("other_readings", [])
-                if tuple(pair) in {tuple(p) for p in pairs} and len(select(ev, *other, None, ctx.vtab_all()))]
-    for (source, target), paper_pair in [(tuple(p), tuple(p)) for p in pairs] + readings:
+                if tuple(pair) in pairs and len(select(ev, *other, None, ctx.vtab_all()))]
+    for (source, target), paper_pair in [(p, p) for p in pairs] + readings:
         block = f"source r = {source} → target r = {target}"
         if paper_pair != (source, target):
             block += f" (the other reading of the paper's {r_pair(*paper_pair)} block)"
@@ -75,9 +75,7 @@ def group_table(ctx: Ctx, item: Item, name: str, caption: str, paper_source: str
                        f"{r_pair(*paper_pair)} may be {r_pair(source, target)}; this run evaluates both, and each "
                        "block shows that block's paper numbers.")
     t.notes += group_notes(ctx, name)
-    if not t.has_data():
-        return stub(ctx, item, f"no result of {ctx.role_label(name)} at {pairs}")
-    t.write()
+    t.finish(f"no result of {ctx.role_label(name)} at {pairs}")
 
 
 def group_notes(ctx: Ctx, name: str) -> list[str]:
@@ -118,10 +116,8 @@ def compensation_figure(ctx: Ctx, item: Item, name: str, source: int, above: boo
             t.put(d, "Δ ToCom", f"r = {x}", gain_of(base, comp, sel), paper, signed=True)
             if d == "mean":
                 t.test(f"target r = {x}", "+ ToCom vs plain", base, comp)
-        ax.set_title("mean" if d == "mean" else d, fontsize=9)
-        ax.set_xlabel("target r")
-        ax.set_ylabel("top-1 (%)")
-        ax.set_xticks(targets)
+        ax.set_title(d, fontsize=9)
+        ax.set(xlabel="target r", ylabel="top-1 (%)", xticks=targets)
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7)
     fig.suptitle(f"{item.title}: {ctx.name} run", fontsize=9)

@@ -32,9 +32,8 @@ class Ctx:
         self.report = config["report"]
         self.name, self.scale = config["name"], config["scale"]
         self.run_dir, self.fig_dir = Path(run_dir), Path(fig_dir)
-        self.paper = None
-        if self.scale == "paper" and reference:
-            self.paper = pd.read_csv(reference, keep_default_na=False, dtype=str)
+        self.paper = pd.read_csv(reference, keep_default_na=False, dtype=str) \
+            if self.scale == "paper" and reference else None
         self.reads: set | None = None       # the tables the item being made declares (items.py); None: any
         self._cache: dict = {}
 
@@ -119,9 +118,8 @@ class Ctx:
 
     def seed_note(self) -> str:
         n = len(self.seeds())
-        if n == 1:
-            return "1 seed, no interval."
-        return f"{n} seeds: mean ± half-width of the 95 % confidence interval (t distribution) over seeds."
+        return "1 seed, no interval." if n == 1 else \
+            f"{n} seeds: mean ± half-width of the 95 % confidence interval (t distribution) over seeds."
 
     def speedup(self, name: str, r: int, mode: str = "infer") -> float | None:
         """Measured throughput ratio over r = 0 from bench.csv, for the role's backbone key and method."""
@@ -145,8 +143,7 @@ class Ctx:
                     tocom: int = 0, variant: str = "", metric: str = "top1") -> float | None:
         if self.paper is None:
             return None
-        role = self.role(name)
-        p = self.paper
+        role, p = self.role(name), self.paper
         keep = ((p.source == source) & (p.dataset == dataset) & (p.tocom == str(tocom)) & (p.variant == variant)
                 & (p.metric == metric) & (p.source_r == ("" if source_r is None else str(source_r)))
                 & (p.target_r == ("" if target_r is None else str(target_r))))
@@ -185,10 +182,8 @@ def paper_dataset(name: str) -> str:
 def select(ev: pd.DataFrame, source, target, variant: str | None = None, datasets=None) -> pd.DataFrame:
     """Test top-1 per dataset and seed: plain (variant None) or with a plugin at the s chosen on val."""
     rows = ev[(ev.source_r == source) & (ev.target_r == target)]
-    if variant is None:
-        rows = rows[rows.tocom == 0]
-    else:
-        rows = rows[(rows.tocom == 1) & (rows.variant == variant) & rows.selected.astype(bool)]
+    rows = rows[rows.tocom == 0] if variant is None else \
+        rows[(rows.tocom == 1) & (rows.variant == variant) & rows.selected.astype(bool)]
     if datasets is not None:
         rows = rows[rows.dataset.isin(list(datasets))]
     return rows[["dataset", "seed", "top1"]]

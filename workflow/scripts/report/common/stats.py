@@ -113,8 +113,3 @@ def holm(pvalues: list[float]) -> list[float]:
         running = max(running, min(1.0, (len(ranked) - j) * p))
         out[i] = running
     return out
-
-
-def paired_test(base: pd.DataFrame, other: pd.DataFrame) -> dict:
-    """Paired test of (other − base) across tasks × seeds (pair_test of pair_diffs)."""
-    return pair_test(pair_diffs(base, other))

@@ -16,7 +16,7 @@ import pandas as pd
 from common.ctx import Ctx
 from common.figure import new_figure, save_figure
 from common.fmt import NOT_IN_GRID, fmt, fmt_p, latex, markdown_table
-from common.stats import PAIRING, Stat, paired_test
+from common.stats import PAIRING, Stat, pair_diffs, pair_test
 from items import FIGURE, Item
 from tocom.io import write_csv, write_text
 
@@ -43,7 +43,7 @@ class Table:
         return value
 
     def test(self, block, row, base: pd.DataFrame, other: pd.DataFrame) -> None:
-        self.tests.append((block, row, paired_test(base, other)))
+        self.tests.append((block, row, pair_test(pair_diffs(base, other))))
 
     def has_data(self) -> bool:
         return any(v.ok for v, *_ in self.cells.values())
@@ -122,6 +122,12 @@ class Table:
         if not figure:
             write_text(latex(self.display(), f"{self.item.title}. {self.caption}"), self.ctx.out(stem, ".tex"))
         write_csv(self.frame(), self.ctx.out(stem, ".csv"))
+
+    def finish(self, reason: str) -> None:
+        """Write the table, or a stub giving `reason` when no cell has a result."""
+        if not self.has_data():
+            return stub(self.ctx, self.item, reason)
+        self.write()
 
 
 def stub(ctx: Ctx, item: Item, reason: str) -> None:
